@@ -1,0 +1,78 @@
+"""t5x-style gin flags: `--gin_file` (repeatable), `--gin.NAME=VALUE`, `--gin_search_path`.
+
+cli.py is the only caller; everything else receives its settings through gin bindings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Sequence
+
+import gin
+from etils import epath
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+class GinError(Exception):
+  """A gin file or binding that cannot be parsed or bound; the message names where."""
+
+
+def add_flags(parser: argparse.ArgumentParser):
+  parser.add_argument("--gin_file", action="append", default=[],
+                      help="gin config file (repeatable; searched in --gin_search_path)")
+  parser.add_argument("--gin_search_path", action="append", default=[],
+                      help="directory searched for gin files and their includes")
+  parser.add_argument("--gin_bindings", action="append", default=[],
+                      help="a gin binding NAME=VALUE (same as --gin.NAME=VALUE)")
+
+
+def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--gin.NAME=VALUE` / `--gin.NAME VALUE` from the other arguments."""
+  rest, bindings = [], []
+  it = iter(range(len(argv)))
+  for i in it:
+    arg = argv[i]
+    if arg.startswith("--gin."):
+      body = arg[len("--gin."):]
+      if "=" not in body:
+        if i + 1 >= len(argv):
+          raise GinError(f"{arg} needs a value: --gin.NAME=VALUE")
+        body = f"{body}={argv[i + 1]}"
+        next(it)
+      name, value = body.split("=", 1)
+      bindings.append(f"{name} = {value}")
+    else:
+      rest.append(arg)
+  return rest, bindings
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()):
+  """Parses files then bindings; raises GinError with gin's message (file and line)."""
+  gin.clear_config()
+  for path in [*search_paths, CONFIGS_DIR, os.getcwd()]:
+    gin.add_config_file_search_path(path)
+  files = []
+  for f in gin_files:
+    if not os.path.exists(f):
+      found = [os.path.join(p, f) for p in [*search_paths, CONFIGS_DIR]
+               if os.path.exists(os.path.join(p, f))]
+      if not found:
+        raise GinError(f"gin file {f!r} not found (searched ., {', '.join([*search_paths, CONFIGS_DIR])})")
+      f = found[0]
+    files.append(f)
+  try:
+    gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+  except Exception as e:  # gin raises several types; all carry the location in the message.
+    raise GinError(f"{type(e).__name__}: {e}") from e
+
+
+def write_config(workdir, name: str = "config.gin", text: str | None = None) -> epath.Path:
+  """Writes the resolved config atomically to WORKDIR/name."""
+  path = epath.Path(workdir) / name
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f".{name}.tmp"
+  tmp.write_text(gin.config_str() if text is None else text)
+  tmp.rename(path)
+  return path

@@ -1,0 +1,92 @@
+import jax
+import numpy as np
+import optax
+import pytest
+
+from helpers import to_np
+from rest_jax import mesh as mesh_lib
+from rest_jax import train_state as state_lib
+from rest_jax import training
+from rest_jax.models import PRESETS, init_params
+from rest_jax.models import params as params_lib
+
+CFG = PRESETS["tiny"].replace(num_layers=2, embed_dim=64, num_heads=4, num_kv_heads=2,
+                              head_dim=16, mlp_dim=128)
+
+
+def _batch(seed=0, batch=8, length=16):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, 256, (batch, length + 1)).astype(np.int32)
+  weights = np.zeros((batch, length), np.float32)
+  weights[:, length // 2:] = 1.0  # loss on the "completion" half only
+  return {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
+          "decoder_loss_weights": weights,
+          "decoder_positions": np.tile(np.arange(length, dtype=np.int32), (batch, 1)),
+          "decoder_segment_ids": np.ones((batch, length), np.int32)}
+
+
+def _one_step(mesh, params, accum_steps=1, batch=None):
+  # Adam's first step is about lr * sign(grad): reduction-order noise on near-zero gradients
+  # can move a param by up to 2 * lr, so lr is kept small enough for the stated tolerance.
+  opt = training.make_optimizer(learning_rate=1e-4, total_steps=10)
+  params = jax.device_put(params, params_lib.shardings(mesh, params))
+  state = state_lib.create_state(mesh, params, opt)
+  step = training.make_train_step(graphdef, opt, state_lib.state_shardings(mesh, params, opt),
+                                  mesh, accum_steps=accum_steps)
+  return step(state, batch or _batch())
+
+
+graphdef, PARAMS = init_params(CFG, mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1]))
+TOL = 2e-5  # float32, highest precision: reduction order only.
+
+
+def test_sharded_step_equals_single_device():
+  one = mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1])
+  s1, m1 = _one_step(one, PARAMS)
+  s8, m8 = _one_step(mesh_lib.create_mesh((2, 2, 2)), PARAMS)
+  assert int(s8.step) == 1
+  np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
+    np.testing.assert_allclose(to_np(a), to_np(b), atol=TOL, rtol=0)
+  # The step changed the params, and kept their shardings.
+  assert not np.allclose(to_np(jax.tree.leaves(s1.params)[0]), to_np(jax.tree.leaves(PARAMS)[0]))
+  want = params_lib.shardings(mesh_lib.create_mesh((2, 2, 2)), PARAMS)
+  for arr, sh in zip(jax.tree.leaves(s8.params), jax.tree.leaves(want)):
+    assert arr.sharding.is_equivalent_to(sh, arr.ndim)
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+  mesh = mesh_lib.create_mesh((1, -1, 1))
+  s1, m1 = _one_step(mesh, PARAMS, accum_steps=1)
+  s4, m4 = _one_step(mesh, PARAMS, accum_steps=4)
+  np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(s4.params), jax.tree.leaves(s1.params)):
+    np.testing.assert_allclose(to_np(a), to_np(b), atol=TOL, rtol=0)
+
+
+def test_loss_counts_only_weighted_tokens():
+  batch = _batch()
+  _, m = _one_step(mesh_lib.create_mesh((1, -1, 1)), PARAMS, batch=batch)
+  assert int(m["tokens"]) == int((batch["decoder_loss_weights"] > 0).sum())
+  changed = dict(batch)
+  tgt = batch["decoder_target_tokens"].copy()
+  tgt[:, :8] = (tgt[:, :8] + 1) % 256  # change targets where the weight is 0
+  changed["decoder_target_tokens"] = tgt
+  _, m2 = _one_step(mesh_lib.create_mesh((1, -1, 1)), PARAMS, batch=changed)
+  assert float(m2["loss"]) == pytest.approx(float(m["loss"]), rel=1e-6)
+
+
+def test_optimizer_schedule_warmup_and_decay_errors():
+  with pytest.raises(ValueError, match="decay"):
+    training.make_optimizer(decay="exponential")
+  opt = training.make_optimizer(learning_rate=1.0, warmup_steps=4, total_steps=10,
+                                clip_norm=None, weight_decay=0.0)
+  # The update size of plain Adam follows the schedule: 0 at step 0, peak after warmup.
+  params = {"w": np.ones(3, np.float32)}
+  state = opt.init(params)
+  sizes = []
+  for _ in range(10):
+    updates, state = opt.update({"w": np.ones(3, np.float32)}, state, params)
+    sizes.append(float(abs(updates["w"][0])))
+  assert sizes[0] == 0.0 and sizes[4] == pytest.approx(1.0, rel=1e-3)
+  assert sizes[9] < sizes[5] < sizes[4]
