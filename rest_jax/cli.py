@@ -1,23 +1,25 @@
-"""The `rest-jax` command: one subcommand per job, t5x-style gin flags for configured jobs."""
+"""The `rest-jax` command.
+
+Each subcommand lives in its own module, imported only when that command runs (so `--help`
+stays fast); the module provides `add_arguments(parser)` and `main(args) -> int`. Configured
+jobs take t5x-style gin flags; this file and `gin_flags.py` are the only gin parsers.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from rest_jax import gin_flags
 
-COMMANDS: dict[str, tuple[str, Callable]] = {}
-
-
-def command(name: str, help_text: str):
-  def register(fn):
-    COMMANDS[name] = (help_text, fn)
-    return fn
-  return register
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("rest_jax.commands.run", "the whole ReST-EM loop from a gin config "
+            "(resumes an existing WORKDIR)"),
+}
 
 
 def import_configurables() -> None:
@@ -28,21 +30,11 @@ def import_configurables() -> None:
   import rest_jax.training  # noqa: F401
 
 
-def _configure_gin(args) -> None:
+def configure_gin(args) -> None:
+  """Parses `--gin_file`/`--gin.X=V`/`--gin_bindings` of a command that called add_flags."""
   import_configurables()
   gin_flags.parse(args.gin_file, [*args.gin_bindings, *args.gin_dot_bindings],
                   args.gin_search_path)
-
-
-@command("run", "the whole ReST-EM loop from a gin config (resumes an existing WORKDIR)")
-def _run(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-  gin_flags.add_flags(parser)
-  args = parser.parse_args(argv)
-  _configure_gin(args)
-  from rest_jax import run as run_lib
-  result = run_lib.run()
-  print(json.dumps(result, indent=1, default=str))
-  return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
       prog="rest-jax",
       description="ReST-EM and ReST: self-training of language models on verified samples.")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-  for name, (help_text, _) in COMMANDS.items():
+  for name, (_, help_text) in COMMANDS.items():
     sub.add_parser(name, help=help_text, add_help=False)
   return parser
 
@@ -60,19 +52,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   # orbax logs every save step at INFO through absl; keep the console for progress.
   logging.getLogger("absl").setLevel(logging.WARNING)
-  parser = build_parser()
-  if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-    parser.print_help(sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-    if argv and argv[0] not in ("-h", "--help"):
-      print(f"\nrest-jax: unknown command {argv[0]!r}", file=sys.stderr)
-      return 2
+  if not argv or argv[0] in ("-h", "--help"):
+    build_parser().print_help()
     return 0
   name, rest = argv[0], argv[1:]
-  sub = argparse.ArgumentParser(prog=f"rest-jax {name}", description=COMMANDS[name][0])
+  if name not in COMMANDS:
+    build_parser().print_help(sys.stderr)
+    print(f"\nrest-jax: unknown command {name!r}", file=sys.stderr)
+    return 2
+  module_name, help_text = COMMANDS[name]
+  module = importlib.import_module(module_name)
+  parser = argparse.ArgumentParser(prog=f"rest-jax {name}", description=help_text)
   try:
     rest, dot_bindings = gin_flags.split_gin_args(rest)
-    sub.set_defaults(gin_dot_bindings=dot_bindings)
-    return COMMANDS[name][1](sub, rest) or 0
+    parser.set_defaults(gin_dot_bindings=dot_bindings)
+    module.add_arguments(parser)
+    return module.main(parser.parse_args(rest)) or 0
   except gin_flags.GinError as e:
     print(f"rest-jax {name}: gin config error: {e}", file=sys.stderr)
     return 2
