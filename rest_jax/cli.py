@@ -19,14 +19,19 @@ from rest_jax import gin_flags
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("rest_jax.commands.run", "the whole ReST-EM loop from a gin config "
             "(resumes an existing WORKDIR)"),
+    "tasks": ("rest_jax.commands.tasks", "list registered tasks with split sizes; "
+              "`tasks show NAME` prints formatted prompts"),
 }
 
 
 def import_configurables() -> None:
   """Modules that define gin configurables must be imported before parsing."""
+  import rest_jax.improve  # noqa: F401
+  import rest_jax.loop  # noqa: F401
   import rest_jax.mesh  # noqa: F401
   import rest_jax.models.config  # noqa: F401
   import rest_jax.run  # noqa: F401
+  import rest_jax.tasks  # noqa: F401
   import rest_jax.training  # noqa: F401
 
 
