@@ -13,6 +13,7 @@ import tensorflow as tf
 from rest_jax.tasks import TEST, TRAIN, SFTExample, get_task, read_kept, sft_examples_from_kept
 from rest_jax.tasks import seqio_tasks
 from rest_jax.tasks import sft
+from rest_jax.tasks import sft_seqio
 from rest_jax.tasks.sft_iterator import SFTIterator
 from rest_jax.tokenizers import ByteTokenizer, as_seqio_vocabulary
 
@@ -106,7 +107,7 @@ def test_matches_seqio_prefix_lm_converter_for_tokenizers_with_bos():
 
   ref = list(seqio.PrefixLMFeatureConverter(pack=True, bos_id=TOK.bos_id)(
       dataset(inputs), lengths).as_numpy_iterator())
-  ours = list(sft.CompletionFeatureConverter(pad_id=TOK.pad_id, pack=True)(
+  ours = list(sft_seqio.CompletionFeatureConverter(pad_id=TOK.pad_id, pack=True)(
       dataset([[TOK.bos_id] + p for p in inputs]), lengths).as_numpy_iterator())
   assert len(ref) == len(ours)
   for r, o in zip(ref, ours):
@@ -242,7 +243,7 @@ def test_seqio_feature_converter_route_equals_pack_sft_examples(tmp_path):
   seqio_tasks.register_sft_task("test_kept_iter1", kept, TOK)
   lengths = {"inputs": 40, "targets": 24}
   ds = seqio.get_dataset("test_kept_iter1", task_feature_lengths=lengths,
-                         feature_converter=sft.CompletionFeatureConverter(pad_id=TOK.pad_id),
+                         feature_converter=sft_seqio.CompletionFeatureConverter(pad_id=TOK.pad_id),
                          dataset_split=TRAIN, shuffle=False)
   via_seqio = list(ds.as_numpy_iterator())
   direct = sft.pack_sft_examples(sft_examples_from_kept(read_kept(kept)), TOK, seq_len=64,
@@ -259,3 +260,20 @@ def test_byte_vocabulary_adapter_round_trips():
   assert vocab.encode_tf(tf.constant("héllo")).numpy().tolist() == TOK.encode("héllo")
   assert vocab.decode_tf(tf.constant(ids + [TOK.eos_id, 104])).numpy().decode() == "héllo\x00"
   assert (vocab.eos_id, vocab.pad_id, vocab.vocab_size) == (258, 256, 384)
+
+
+@pytest.mark.parametrize("seq_len,pack", [(32, True), (64, True), (48, False)])
+def test_numpy_packer_equals_seqio(seq_len, pack):
+  """The TensorFlow-free packer gives exactly seqio's rows (used where TF is absent)."""
+  rng = np.random.default_rng(seq_len)
+  examples = [SFTExample(prompt="p" * int(rng.integers(1, 12)),
+                         completion="c" * int(rng.integers(0, 20)),
+                         weight=float(rng.integers(1, 3)))
+              for _ in range(150)]
+  a = sft.pack_sft_examples(examples, TOK, seq_len, pack=pack, backend="seqio")
+  b = sft.pack_sft_examples(examples, TOK, seq_len, pack=pack, backend="numpy")
+  assert a.num_rows == b.num_rows and a.example_order == b.example_order
+  for k in sft.FEATURES:
+    np.testing.assert_array_equal(a.arrays[k], b.arrays[k], err_msg=k)
+  with pytest.raises(ValueError, match="backend"):
+    sft.pack_sft_examples(examples, TOK, seq_len, backend="torch")

@@ -13,7 +13,7 @@ Features of each example:
   `sft.encode_prompt`).
 * ``targets_pretokenized``: the human solution as a completion ("" if none);
   ``targets``: its ids ending with EOS. So `seqio.get_dataset(name, ...,
-  feature_converter=sft.CompletionFeatureConverter(...))` gives the "SFT on human data"
+  feature_converter=sft_seqio.CompletionFeatureConverter(...))` gives the "SFT on human data"
   baseline's batches.
 
 `register_sft_task` registers a kept-samples file the same way.
@@ -32,6 +32,7 @@ from rest_jax import tokenizers
 from rest_jax.tasks import base
 from rest_jax.tasks import kept as kept_lib
 from rest_jax.tasks import sft
+from rest_jax.tasks import sft_seqio
 
 # One shared default: the vocabulary adapter compares tokenizers by identity, and seqio
 # mixtures need their tasks' vocabularies equal.
@@ -107,7 +108,7 @@ def register_sft_task(name: str, kept_path, tokenizer, *, split: str = base.TRAI
   """Registers an iteration's kept samples as a seqio Task (one split, `split`).
 
   Its "inputs"/"targets" are the prompt and completion ids; pair it with
-  `sft.CompletionFeatureConverter` for packed, completion-masked batches. Loss weights on
+  `sft_seqio.CompletionFeatureConverter` for packed, completion-masked batches. Loss weights on
   this path are 0/1 (seqio's packer keeps integers); reward weights need
   `sft.pack_sft_examples`.
   """

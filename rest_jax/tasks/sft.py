@@ -10,7 +10,7 @@ a completion is ``encode(completion_text) + [eos]``. The model reads the sequenc
   decoder_target_tokens = [p1,  p2, c1, c2, eos]
   decoder_loss_weights  = [0,   0,  1,  1,  1  ]     (1 on every completion token and EOS)
 
-Packing uses seqio's feature-converter machinery (`CompletionFeatureConverter`, a
+Packing uses seqio's feature-converter machinery (`sft_seqio.CompletionFeatureConverter`, a
 `seqio.FeatureConverter`, packs with `seqio.utils.trim_and_pack_dataset`), with two fixes
 for vocabularies that are not t5x's:
 
@@ -21,6 +21,9 @@ for vocabularies that are not t5x's:
   sequence. That matches the sampler for tokenizers with a BOS (the tests check the two
   agree), but not for tokenizers without one; shifting the full sequence here is right in
   both cases.
+
+Where TensorFlow is not installed (a GPU machine with jax alone), `backend="numpy"` packs
+with the same greedy algorithm in numpy; a test checks the two produce identical arrays.
 
 Padding positions have segment id 0, loss weight 0 and token `tokenizer.pad_id`: detect
 padding by `decoder_segment_ids == 0`, never by token value.
@@ -34,8 +37,6 @@ import random
 from typing import Mapping, Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from rest_jax.tasks.kept import SFTExample
 
@@ -62,87 +63,6 @@ def encode_completion(tokenizer, text: str, completion_ids: Sequence[int] | None
   if ids and ids[-1] == tokenizer.eos_id:
     ids = ids[:-1]
   return ids + [tokenizer.eos_id]
-
-
-class CompletionFeatureConverter(seqio.FeatureConverter):
-  """Decoder-only features with the loss on the completion ("targets") tokens only.
-
-  Task features: "inputs" (prompt ids, BOS included if any) and "targets" (completion ids,
-  EOS included). Model features, t5x's decoder naming: decoder_input_tokens,
-  decoder_target_tokens, decoder_loss_weights, and with packing decoder_segment_ids and
-  decoder_positions. As with `seqio.PrefixLMFeatureConverter`, the model length is
-  inputs + targets length, unless `packed_length` fixes it.
-
-  Args:
-    pad_id: the token written at padding positions.
-    pack: pack several examples per row (else one example per row, padded).
-    packed_length: the model sequence length, whatever the task feature lengths.
-  """
-
-  TASK_FEATURES = {
-      "inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-      "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-  }
-  MODEL_FEATURES = {
-      "decoder_input_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-      "decoder_target_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-      "decoder_loss_weights": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-  }
-  PACKING_FEATURE_DTYPES = {
-      "decoder_segment_ids": tf.int32,
-      "decoder_positions": tf.int32,
-  }
-
-  def __init__(self, pad_id: int, pack: bool = True, packed_length: int | None = None,
-               **kwargs):
-    self._pad_id = int(pad_id)
-    self._packed_length = packed_length
-    super().__init__(pack=pack, **kwargs)
-
-  def _shift_and_mask(self, ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    inputs, targets = ex["inputs"], ex["targets"]
-    tokens = tf.concat([inputs, targets], axis=0)
-    # Target position t predicts tokens[t + 1]; completions start at tokens[len(inputs)].
-    completion = tf.range(tf.size(tokens) - 1) >= tf.size(inputs) - 1
-    # +1: seqio's packer reads 0 as padding (see the module doc).
-    return {
-        "decoder_input_tokens": tokens[:-1] + 1,
-        "decoder_target_tokens": tokens[1:] + 1,
-        "decoder_loss_weights": tf.cast(completion, tf.int32) + 1,
-    }
-
-  def _restore(self, ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    if self.pack:
-      segment_ids = ex["decoder_target_tokens_segment_ids"]
-      real = segment_ids > 0
-    else:
-      real = ex["decoder_target_tokens"] > 0
-    pad = tf.fill(tf.shape(real), self._pad_id)
-    out = {
-        "decoder_input_tokens": tf.where(real, ex["decoder_input_tokens"] - 1, pad),
-        "decoder_target_tokens": tf.where(real, ex["decoder_target_tokens"] - 1, pad),
-        "decoder_loss_weights": tf.where(real, ex["decoder_loss_weights"] - 1,
-                                         tf.zeros_like(pad)),
-    }
-    if self.pack:
-      out["decoder_segment_ids"] = segment_ids
-      out["decoder_positions"] = ex["decoder_target_tokens_positions"]
-    return out
-
-  def _convert_features(self, ds: tf.data.Dataset,
-                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    length = self.get_model_feature_lengths(task_feature_lengths)["decoder_target_tokens"]
-    ds = ds.map(self._shift_and_mask, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = self._pack_or_pad(ds, {k: length for k in self.MODEL_FEATURES})
-    return ds.map(self._restore, num_parallel_calls=tf.data.AUTOTUNE)
-
-  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
-                                ) -> Mapping[str, int]:
-    length = self._packed_length or (task_feature_lengths["inputs"] +
-                                     task_feature_lengths["targets"])
-    features = list(self.MODEL_FEATURES) + (list(self.PACKING_FEATURE_DTYPES) if self.pack
-                                            else [])
-    return {k: length for k in features}
 
 
 @dataclasses.dataclass
@@ -194,19 +114,14 @@ def _tokenize(examples: Sequence[SFTExample], tokenizer):
   return prompts, completions
 
 
-def _ragged(seqs: Sequence[Sequence[int]]) -> tf.RaggedTensor:
-  lengths = np.fromiter((len(s) for s in seqs), np.int64, count=len(seqs))
-  flat = np.fromiter((t for s in seqs for t in s), np.int32, count=int(lengths.sum()))
-  return tf.RaggedTensor.from_row_lengths(flat, lengths)
-
-
 def pack_sft_examples(examples: Sequence[SFTExample],
                       tokenizer,
                       seq_len: int,
                       *,
                       pack: bool = True,
                       shuffle_seed: int | None = 0,
-                      overlong: str = "drop") -> PackedSFT:
+                      overlong: str = "drop",
+                      backend: str = "auto") -> PackedSFT:
   """Tokenises, masks and packs SFT examples into fixed-length rows.
 
   Args:
@@ -218,6 +133,8 @@ def pack_sft_examples(examples: Sequence[SFTExample],
       (kept.jsonl lists the samples of one prompt together); None keeps the given order.
     overlong: an example whose prompt + completion needs more than seq_len + 1 tokens is
       "drop"ped (counted in `dropped` and logged) or raises ("error"). Never truncated.
+    backend: "seqio" (its feature converter), "numpy" (same rows, no TensorFlow), or
+      "auto" (seqio when TensorFlow and seqio import).
   """
   if overlong not in ("drop", "error"):
     raise ValueError(f"overlong must be 'drop' or 'error', got {overlong!r}")
@@ -240,26 +157,70 @@ def pack_sft_examples(examples: Sequence[SFTExample],
   if not kept:
     raise ValueError(f"no SFT example fits in seq_len={seq_len} (of {len(examples)} examples)")
 
-  ds = tf.data.Dataset.from_tensor_slices({
-      "inputs": _ragged([prompts[i] for i in kept]),
-      "targets": _ragged([completions[i] for i in kept]),
-  }).map(lambda ex: {k: tf.ensure_shape(v, [None]) for k, v in ex.items()})
-  converter = CompletionFeatureConverter(pad_id=tokenizer.pad_id, pack=pack, packed_length=seq_len)
-  lengths = {"inputs": max(len(prompts[i]) for i in kept),
-             "targets": max(len(completions[i]) for i in kept)}
-  rows = list(converter(ds, lengths).as_numpy_iterator())
-  arrays = {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in rows[0]}
-  if not pack:  # one example per row: segment 1 where real, positions 0..n-1
-    n = np.array([len(prompts[i]) + len(completions[i]) - 1 for i in kept])
-    pos = np.arange(seq_len)[None, :]
-    arrays["decoder_segment_ids"] = (pos < n[:, None]).astype(np.int32)
-    arrays["decoder_positions"] = np.where(pos < n[:, None], pos, 0).astype(np.int32)
+  if backend == "auto":
+    backend = "seqio" if _seqio_available() else "numpy"
+  if backend == "seqio":
+    from rest_jax.tasks import sft_seqio
+    arrays = sft_seqio.pack_rows([prompts[i] for i in kept], [completions[i] for i in kept],
+                                 tokenizer.pad_id, seq_len, pack)
+  elif backend == "numpy":
+    arrays = pack_rows_numpy([prompts[i] for i in kept], [completions[i] for i in kept],
+                             tokenizer.pad_id, seq_len, pack)
+  else:
+    raise ValueError(f"backend must be 'auto', 'seqio' or 'numpy', got {backend!r}")
   arrays["decoder_loss_weights"] = arrays["decoder_loss_weights"].astype(np.float32)
 
   packed = PackedSFT(arrays=arrays, seq_len=seq_len, example_order=kept,
                      num_examples=len(kept), dropped=sorted(dropped))
   _apply_weights_and_check(packed, examples, prompts, completions)
   return packed
+
+
+def _seqio_available() -> bool:
+  import importlib.util
+  return all(importlib.util.find_spec(m) is not None for m in ("seqio", "tensorflow"))
+
+
+def pack_rows_numpy(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                    pad_id: int, seq_len: int, pack: bool) -> dict[str, np.ndarray]:
+  """seqio's packing in numpy: same rows, segment ids and positions.
+
+  seqio packs batches of `seq_len` examples; within a batch each example joins the current
+  row if it fits, else the row is closed and a new one started; a batch's last row is closed.
+  """
+  seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
+  rows: list[list[int]] = []  # indices of the examples in each row
+  if pack:
+    for b in range(0, len(seqs), seq_len):
+      current, used = [], 0
+      for i in range(b, min(b + seq_len, len(seqs))):
+        n = len(seqs[i]) - 1
+        if current and used + n > seq_len:
+          rows.append(current)
+          current, used = [], 0
+        current.append(i)
+        used += n
+      if current:
+        rows.append(current)
+  else:
+    rows = [[i] for i in range(len(seqs))]
+  shape = (len(rows), seq_len)
+  out = {"decoder_input_tokens": np.full(shape, pad_id, np.int32),
+         "decoder_target_tokens": np.full(shape, pad_id, np.int32),
+         "decoder_loss_weights": np.zeros(shape, np.int32),
+         "decoder_segment_ids": np.zeros(shape, np.int32),
+         "decoder_positions": np.zeros(shape, np.int32)}
+  for r, members in enumerate(rows):
+    at = 0
+    for s, i in enumerate(members, 1):
+      seq, n = seqs[i], len(seqs[i]) - 1
+      out["decoder_input_tokens"][r, at:at + n] = seq[:-1]
+      out["decoder_target_tokens"][r, at:at + n] = seq[1:]
+      out["decoder_loss_weights"][r, at:at + n] = np.arange(n) >= len(prompts[i]) - 1
+      out["decoder_segment_ids"][r, at:at + n] = s
+      out["decoder_positions"][r, at:at + n] = np.arange(n)
+      at += n
+  return out
 
 
 def _apply_weights_and_check(packed: PackedSFT, examples, prompts, completions):
