@@ -19,6 +19,8 @@ from rest_jax import gin_flags
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("rest_jax.commands.run", "the whole ReST-EM loop from a gin config "
             "(resumes an existing WORKDIR)"),
+    "verify": ("rest_jax.commands.verify", "score completions with a verifier: one JSON verdict "
+               "line per input line"),
     "tasks": ("rest_jax.commands.tasks", "list registered tasks with split sizes; "
               "`tasks show NAME` prints formatted prompts"),
 }
