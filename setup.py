@@ -21,6 +21,7 @@ RUNTIME = [
     "tokenizers>=0.19",
     "jinja2>=3.1",
     "tqdm>=4.66",
+    "tensorboardX>=2.6",
     "math-verify>=0.7",
     "sympy>=1.12",
     "matplotlib>=3.8",

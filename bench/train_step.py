@@ -42,9 +42,9 @@ def batch_of(batch, seq, vocab, seed=0):
           "decoder_segment_ids": np.ones((batch, seq), np.int32)}
 
 
-def bench_ours(cfg, batch, seq, steps):
+def bench_ours(cfg, batch, seq, steps, remat):
   mesh = mesh_lib.create_mesh((1, -1, 1))
-  graphdef, params = init_params(cfg, mesh)
+  graphdef, params = init_params(cfg, mesh, remat=remat)
   opt = training.make_optimizer(learning_rate=1e-4, total_steps=steps + 1)
   state = state_lib.create_state(mesh, params, opt)
   step = training.make_train_step(graphdef, opt, state_lib.state_shardings(mesh, params, opt),
@@ -112,6 +112,8 @@ def main():
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--bf16", action="store_true", help="bf16 compute (ours) / bf16 model (HF)")
   ap.add_argument("--no_hf", action="store_true", help="skip the transformers side")
+  ap.add_argument("--remat", action="store_true",
+                  help="recompute each layer's activations in the backward pass (less memory)")
   args = ap.parse_args()
   cfg = PRESETS[args.preset]
   if args.bf16:
@@ -119,7 +121,7 @@ def main():
   dev = jax.devices()[0]
   out = {"preset": args.preset, "batch": args.batch, "seq": args.seq, "bf16": args.bf16,
          "device": f"{jax.device_count()}x {dev.device_kind}", "host": platform.node(),
-         "ours": bench_ours(cfg, args.batch, args.seq, args.steps)}
+         "remat": args.remat, "ours": bench_ours(cfg, args.batch, args.seq, args.steps, args.remat)}
   if dev.platform == "gpu":
     peak = next((v for k, v in PEAK_FLOPS.items() if k in dev.device_kind), None)
     if peak:

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "(resumes an existing WORKDIR)"),
     "verify": ("rest_jax.commands.verify", "score completions with a verifier: one JSON verdict "
                "line per input line"),
+    "logprobs": ("rest_jax.commands.logprobs", "per-token log-probabilities of a text, as JSON "
+                 "(parity checks)"),
+    "export": ("rest_jax.commands.export", "a Hugging Face safetensors directory from a "
+               "checkpoint (or GGUF / HF dir / preset)"),
     "tasks": ("rest_jax.commands.tasks", "list registered tasks with split sizes; "
               "`tasks show NAME` prints formatted prompts"),
 }

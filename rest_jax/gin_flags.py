@@ -6,6 +6,7 @@ cli.py is the only caller; everything else receives its settings through gin bin
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from typing import Sequence
 
@@ -62,10 +63,25 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Seque
         raise GinError(f"gin file {f!r} not found (searched ., {', '.join([*search_paths, CONFIGS_DIR])})")
       f = found[0]
     files.append(f)
+  # gin logs an ERROR for every search path an include is not in before the one it is in.
+  quiet = _DropMessages("Path not found")
+  logging.getLogger().addFilter(quiet)
   try:
     gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
   except Exception as e:  # gin raises several types; all carry the location in the message.
     raise GinError(f"{type(e).__name__}: {e}") from e
+  finally:
+    logging.getLogger().removeFilter(quiet)
+
+
+class _DropMessages(logging.Filter):
+
+  def __init__(self, prefix: str):
+    super().__init__()
+    self.prefix = prefix
+
+  def filter(self, record) -> bool:
+    return not str(record.msg).startswith(self.prefix)
 
 
 def write_config(workdir, name: str = "config.gin", text: str | None = None) -> epath.Path:
@@ -74,5 +90,5 @@ def write_config(workdir, name: str = "config.gin", text: str | None = None) -> 
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f".{name}.tmp"
   tmp.write_text(gin.config_str() if text is None else text)
-  tmp.rename(path)
+  tmp.replace(path)
   return path

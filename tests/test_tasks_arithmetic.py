@@ -115,3 +115,18 @@ def test_few_shot_prompt_uses_worked_exemplars():
   p = task.problems(TRAIN)[0]
   assert p.prompt.count("Question: ") == 3 and p.prompt.count("#### ") == 2
   assert all(e.solution in p.prompt for e in task.exemplars[:2])
+
+
+def test_expression_wording_has_the_same_problems_in_short():
+  story = get_task("arithmetic", digits=1, steps=2, num_train=20, num_test=5)
+  expr = get_task("arithmetic", digits=1, steps=2, num_train=20, num_test=5,
+                  wording="expression")
+  for a, b in zip(story.problems("train"), expr.problems("train")):
+    assert (a.id, a.reference, a.solution) == (b.id, b.reference, b.solution)
+    terms = b.meta["question"].split()
+    value = int(terms[0])
+    for op, n in zip(terms[1::2], terms[2::2]):
+      value = value + int(n) if op == "+" else value - int(n)
+    assert str(value) == b.reference
+  with pytest.raises(ValueError, match="wording"):
+    get_task("arithmetic", wording="poem")

@@ -79,12 +79,20 @@ def _draw(rng: random.Random, digits: int, steps: int, ops: str):
   return start, terms, person, item, clauses
 
 
-def _render(start, terms, person, item, clauses) -> tuple[str, str, str]:
+WORDINGS = ("story", "expression")
+
+
+def _render(start, terms, person, item, clauses, wording: str = "story"
+            ) -> tuple[str, str, str]:
   """(question, solution, answer) of a drawn candidate."""
   name, pronoun = person
   parts = [_CLAUSES[op][c].format(n=n) for (op, n), c in zip(terms, clauses)]
-  question = (f"{name} has {start} {item}. {pronoun} {', then '.join(parts)}. "
-              f"How many {item} does {pronoun.lower()} have now?")
+  if wording == "expression":
+    # Operations apply left to right, as in the story.
+    question = f"{start}" + "".join(f" {op} {n}" for op, n in terms)
+  else:
+    question = (f"{name} has {start} {item}. {pronoun} {', then '.join(parts)}. "
+                f"How many {item} does {pronoun.lower()} have now?")
   lines, value = [], start
   for op, n in terms:
     new = value + n if op == "+" else value - n if op == "-" else value * n
@@ -104,7 +112,7 @@ def _bucket(key: str) -> str:
 
 
 def generate(*, digits: int, steps: int, ops: str, seed: int, num_train: int,
-             num_test: int) -> dict[str, list[base.RawProblem]]:
+             num_test: int, wording: str = "story") -> dict[str, list[base.RawProblem]]:
   """The first `num_train` train and `num_test` test problems of the seeded stream."""
   _check_knobs(digits, steps, ops)
   rng = random.Random(f"rest_jax.arithmetic:{seed}:{digits}:{steps}:{ops}")
@@ -124,7 +132,7 @@ def generate(*, digits: int, steps: int, ops: str, seed: int, num_train: int,
     split = _bucket(key)
     if key not in seen and len(out[split]) < want[split]:
       seen.add(key)
-      question, solution, answer = _render(*drawn)
+      question, solution, answer = _render(*drawn, wording=wording)
       out[split].append(base.RawProblem(
           id=f"arith-d{digits}s{steps}-{k:06d}", question=question, reference=answer,
           solution=solution,
@@ -133,14 +141,15 @@ def generate(*, digits: int, steps: int, ops: str, seed: int, num_train: int,
   return out
 
 
-def exemplars(*, digits: int, steps: int, ops: str, seed: int) -> tuple[Exemplar, ...]:
+def exemplars(*, digits: int, steps: int, ops: str, seed: int, wording: str = "story"
+              ) -> tuple[Exemplar, ...]:
   """Few-shot exemplars from a separate stream, all in the train bucket (never test)."""
   rng = random.Random(f"rest_jax.arithmetic.fewshot:{seed}:{digits}:{steps}:{ops}")
   out = []
   while len(out) < NUM_EXEMPLARS:
     drawn = _draw(rng, digits, steps, ops)
     if _bucket(_arith_key(drawn[0], drawn[1])) == base.TRAIN:
-      question, solution, _ = _render(*drawn)
+      question, solution, _ = _render(*drawn, wording=wording)
       out.append(Exemplar(question, solution))
   return tuple(out)
 
@@ -153,10 +162,17 @@ def arithmetic_task(*,
                     num_train: int = 2000,
                     num_test: int = 200,
                     seed: int = 0,
+                    wording: str = "story",
                     prompt_format: PromptFormat | None = None,
                     tokenizer=None) -> base.RestTask:
-  """Seeded multi-step integer word problems; see the module doc for the knobs."""
+  """Seeded multi-step integer word problems; see the module doc for the knobs.
+
+  wording: "story" (a word problem) or "expression" (just "3 + 4 - 2": short prompts for
+    byte-level models).
+  """
   _check_knobs(digits, steps, ops)
+  if wording not in WORDINGS:
+    raise ValueError(f"arithmetic: wording must be one of {WORDINGS}, got {wording!r}")
   if num_train < 0 or num_test < 0:
     raise ValueError(f"arithmetic: num_train and num_test must be >= 0, got {num_train}, "
                      f"{num_test}")
@@ -165,14 +181,14 @@ def arithmetic_task(*,
   def load_split(split):
     if "all" not in cache:
       cache["all"] = generate(digits=digits, steps=steps, ops=ops, seed=seed,
-                              num_train=num_train, num_test=num_test)
+                              num_train=num_train, num_test=num_test, wording=wording)
     return cache["all"][split]
 
   return base.RestTask(
       "arithmetic", verifier=base.MATH_VERIFIER, load_split=load_split,
       prompt_defaults=TaskPromptDefaults(style="plain", num_shots=0, instruction=INSTRUCTION),
       prompt_format=prompt_format,
-      exemplars=exemplars(digits=digits, steps=steps, ops=ops, seed=seed),
+      exemplars=exemplars(digits=digits, steps=steps, ops=ops, seed=seed, wording=wording),
       tokenizer=tokenizer,
       description=f"integer word problems: {digits}-digit numbers, {steps} steps, ops {ops!r}",
       source=f"generated (seed {seed})")

@@ -1,0 +1,94 @@
+"""Generate + Verify over a list of problems, in shards written atomically.
+
+A shard is a fixed slice of the problems. Its file is written only once every completion in
+it is sampled and verified, and `state.json` lists the finished shards, so a killed run
+redoes at most the shards it was in the middle of. Sampling draws sample j of problem p
+from (seed, key(p), j), so a redone shard yields the same completions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from rest_jax import workdir as workdir_lib
+from rest_jax.tasks import sft as sft_lib
+
+log = logging.getLogger(__name__)
+
+
+def problem_key(problem_id: str) -> int:
+  """A stable 31-bit integer per problem id: the `p` folded into the sampling seed."""
+  return int(hashlib.sha256(problem_id.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def verifier_item(problem, completion: str) -> dict:
+  """The verifier pool's item for one completion of `problem`."""
+  if problem.verifier == "math":
+    return {"completion": completion, "answer": problem.reference}
+  item = {"completion": completion, "tests": problem.reference}
+  if problem.meta.get("completion_mode") == "continuation" and problem.meta.get("code_prompt"):
+    item["prompt"] = problem.meta["code_prompt"]
+  return item
+
+
+def sample_and_verify(problems: Sequence, *, sampler, params, tokenizer, pool, num_samples: int,
+                      sampling, seed: int) -> tuple[list[dict], dict]:
+  """Rows (one per completion, with its verdict) and timing stats for `problems`."""
+  prompts = [sft_lib.encode_prompt(tokenizer, p.prompt) for p in problems]
+  t0 = time.time()
+  groups = sampler.generate(params, prompts, num_samples=num_samples, sampling=sampling,
+                            seed=seed, prompt_keys=[problem_key(p.id) for p in problems])
+  t_sample = time.time() - t0
+  flat = [(p, c) for p, group in zip(problems, groups) for c in group]
+  t0 = time.time()
+  verdicts = pool.verify([verifier_item(p, c.text) for p, c in flat])
+  t_verify = time.time() - t0
+  rows = []
+  for (p, c), v in zip(flat, verdicts):
+    rows.append({"prompt_id": p.id, "sample_idx": c.sample_index, "prompt": p.prompt,
+                 "completion": c.text, "tokens": list(c.tokens), "finish_reason": c.finish_reason,
+                 "logprob_sum": float(c.logprob_sum), "reward": v.reward, "verdict": v.verdict,
+                 "extracted": v.extracted, "reason": v.reason})
+  new_tokens = sum(len(c.tokens) for _, c in flat)
+  return rows, {"sample_s": t_sample, "verify_s": t_verify, "new_tokens": new_tokens,
+                "completions": len(flat)}
+
+
+def run_shards(problems: Sequence, out_dir, *, prompts_per_shard: int,
+               is_done: Callable[[int], bool], mark_done: Callable[[int], None], desc: str,
+               **kwargs) -> tuple[list[dict], dict]:
+  """Runs every shard not yet done, then returns all rows (read back from the shard files)."""
+  count = max(1, -(-len(problems) // prompts_per_shard))
+  wd = workdir_lib.Workdir(out_dir)
+  totals = {"sample_s": 0.0, "verify_s": 0.0, "new_tokens": 0, "completions": 0}
+  bar = tqdm(total=len(problems), desc=desc, unit="prompt", leave=False)
+  for s in range(count):
+    shard = problems[s * prompts_per_shard:(s + 1) * prompts_per_shard]
+    path = wd.shard_path(wd.root, s, count)
+    if is_done(s) and path.exists():
+      bar.update(len(shard))
+      continue
+    rows, stats = sample_and_verify(shard, **kwargs)
+    workdir_lib.write_jsonl(path, rows)
+    mark_done(s)
+    for k in totals:
+      totals[k] += stats[k]
+    bar.update(len(shard))
+    passed = sum(r["reward"] >= 1.0 for r in rows)
+    bar.set_postfix(tok_s=f"{totals['new_tokens'] / max(totals['sample_s'], 1e-9):.0f}",
+                    pass_rate=f"{passed / max(len(rows), 1):.2f}")
+  bar.close()
+  rows = []
+  for s in range(count):
+    rows.extend(workdir_lib.read_jsonl(wd.shard_path(wd.root, s, count)))
+  # Rates from the shards this process ran; counts from every shard (same after a resume).
+  stats = {"sample_s": totals["sample_s"], "verify_s": totals["verify_s"],
+           "tokens_per_s": totals["new_tokens"] / max(totals["sample_s"], 1e-9),
+           "verdicts_per_s": totals["completions"] / max(totals["verify_s"], 1e-9),
+           "completions": len(rows), "new_tokens": sum(len(r["tokens"]) for r in rows)}
+  return rows, stats

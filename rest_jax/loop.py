@@ -1,0 +1,376 @@
+"""The ReST-EM outer loop as a resumable state machine.
+
+Stages, each made of named steps recorded in `state.json` once their outputs are on disk:
+
+  base          load the base model (optionally a short SFT, for a randomly initialised one),
+                save it to checkpoints/base, evaluate it (iter_000)
+  sft_human     the paper's baseline: fine-tune the base on the human solutions, evaluate
+  iter_NNN      generate (sharded) -> filter -> improve (from the base, or warm) -> evaluate
+
+This module is the only one that knows the order of phases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import time
+
+import gin
+import jax
+from etils import epath
+
+from rest_jax import checkpoints as ckpt_lib
+from rest_jax import evaluation, filtering, generate, improve, report
+from rest_jax import workdir as workdir_lib
+from rest_jax.models import loading
+from rest_jax.models import params as params_lib
+from rest_jax.sampling_basic import Sampler, SamplingParams
+from rest_jax.tasks import get_task
+from rest_jax.tasks.kept import SFTExample, parse_kept_lines, sft_examples_from_kept
+from rest_jax.telemetry import MetricsLog
+from rest_jax.verifiers import VerifierPool
+
+log = logging.getLogger(__name__)
+
+
+class ConfigChangedError(RuntimeError):
+  """The workdir holds a run with a different config."""
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """Settings of a ReST-EM run (the paper's values in brackets).
+
+  mode: 'rest_em' (the loop), or 'sft_human' (only the SFT-on-human-data baseline).
+  restart_from_base: ReST-EM fine-tunes the base model each iteration [True]; False
+    warm-starts from the previous iteration's policy.
+  base_sft_steps: fine-tune a freshly initialised model on human solutions for this many
+    steps before calling it the base (for the `tiny` demo; 0 for pretrained models).
+  num_human_solutions: how many of the training prompts have a human-written solution
+    available (to the base SFT and the SFT baseline); None: all of them, as in the paper.
+    Fewer models the usual case where final answers are plentiful and worked solutions
+    scarce: ReST-EM needs only the answers of all `num_train_prompts`.
+  """
+
+  workdir: str
+  model: str = "tiny"
+  task: str = "arithmetic"
+  mode: str = "rest_em"
+  iterations: int = 3
+  num_samples: int = 8                    # K per training prompt [32 MATH, 64 APPS]
+  max_per_prompt: int | None = 10         # [10]
+  temperature: float = 0.7                # [0.7]
+  top_k: int = 40                         # [40]
+  top_p: float = 1.0
+  max_new_tokens: int = 256
+  stop: tuple[str, ...] = ()
+  num_train_prompts: int | None = None
+  num_eval_prompts: int | None = None
+  num_eval_train_prompts: int = 64
+  num_human_solutions: int | None = None
+  eval_samples: int = 4
+  eval_ks: tuple[int, ...] = (1, 4)
+  prompts_per_shard: int = 64
+  restart_from_base: bool = True
+  base_sft_steps: int = 0
+  sft_baseline: bool = True
+  early_stop: bool = False
+  sampler_slots: int = 64
+  seed: int = 0
+  allow_config_change: bool = False
+
+
+class Loop:
+
+  def __init__(self, cfg: LoopConfig, mesh):
+    if cfg.mode not in ("rest_em", "sft_human"):
+      raise ValueError(f"LoopConfig.mode={cfg.mode!r}: expected 'rest_em' or 'sft_human'")
+    self.cfg = cfg
+    self.mesh = mesh
+    self.wd = workdir_lib.Workdir(cfg.workdir)
+    self.is_writer = jax.process_index() == 0
+    self.state = self.wd.load_state() or workdir_lib.RunState()
+    self.metrics = MetricsLog(self.wd.root) if self.is_writer else None
+    self.task = None
+    self.model = None
+    self.base_params = None
+    self._policy: tuple[int, object] | None = None  # (iteration, params) last trained/loaded
+    self.sampler = None
+    self.pool = None
+
+  # --- bookkeeping -------------------------------------------------------------------
+
+  def _save_state(self):
+    if self.is_writer:
+      self.wd.save_state(self.state)
+
+  def _mark(self, step: str):
+    self.state.mark(step)
+    self._save_state()
+
+  def _shard_done(self, step: str):
+    def is_done(s):
+      return s in self.state.shards.get(step, [])
+
+    def mark(s):
+      self.state.shards.setdefault(step, []).append(s)
+      self._save_state()
+    return is_done, mark
+
+  def check_config(self, config_text: str):
+    """Refuses to resume a workdir whose recorded config differs (unless allowed)."""
+    path = self.wd.root / "config.gin"
+    if path.exists():
+      old = path.read_text()
+      if old != config_text:
+        diff = "".join(difflib.unified_diff(old.splitlines(True), config_text.splitlines(True),
+                                            "config.gin (in workdir)", "config.gin (now)"))
+        if not self.cfg.allow_config_change:
+          raise ConfigChangedError(
+              f"{self.wd.root} holds a run with a different config; rerun with the same "
+              "config to resume, use a new WORKDIR, or set "
+              f"LoopConfig.allow_config_change=True.\n{diff}")
+        log.warning("config changed on resume (allowed):\n%s", diff)
+        if self.is_writer:
+          workdir_lib.write_text(self.wd.root / f"config.{int(time.time())}.prev.gin", old)
+    if self.is_writer:
+      workdir_lib.write_text(path, config_text)
+
+  # --- components ----------------------------------------------------------------------
+
+  def _setup(self):
+    cfg = self.cfg
+    # remat only changes the backward pass: Improve keeps one layer's activations at a time.
+    self.model = loading.load_model(cfg.model, self.mesh, seed=cfg.seed, remat=True)
+    tok = self.model.tokenizer
+    self.task = get_task(cfg.task, tokenizer=tok)
+    self.sampler = Sampler(self.model.graphdef, self.model.config, tok, self.mesh,
+                           num_slots=cfg.sampler_slots)
+    self.pool = VerifierPool()
+    self._ckpt = lambda sub: ckpt_lib.CheckpointManager(self.wd.checkpoints / sub)
+
+  def problems(self, split: str, limit: int | None):
+    probs = self.task.problems(split)
+    return probs if limit is None else probs[:limit]
+
+  def human_examples(self) -> list[SFTExample]:
+    """Human solutions of the training prompts the loop samples on (the SFT baseline's data)."""
+    probs = [p for p in self.problems("train", self.cfg.num_train_prompts) if p.solution]
+    probs = probs[:self.cfg.num_human_solutions]
+    if not probs:
+      raise ValueError(f"task {self.cfg.task!r} has no human solutions: set "
+                       "LoopConfig.sft_baseline=False and LoopConfig.base_sft_steps=0")
+    return [SFTExample(prompt=p.prompt, completion=p.solution, source_id=p.id) for p in probs]
+
+  def _sampling(self, greedy: bool = False) -> SamplingParams:
+    c = self.cfg
+    return SamplingParams(temperature=0.0 if greedy else c.temperature, top_k=c.top_k,
+                          top_p=c.top_p, max_new_tokens=c.max_new_tokens, stop=tuple(c.stop))
+
+  def _save_params(self, sub: str, params, meta: dict):
+    # model_meta makes the checkpoint self-contained: `--model WORKDIR/checkpoints/iter_001`.
+    with self._ckpt(sub) as m:
+      m.save(0, params=params, meta={**loading.model_meta(self.model), **meta})
+      m.wait()
+
+  def _load_params(self, sub: str):
+    with self._ckpt(sub) as m:
+      abstract = jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+          self.model.params, params_lib.shardings(self.mesh, self.model.params))
+      return m.restore_params(0, abstract)
+
+  # --- phases --------------------------------------------------------------------------
+
+  def _improve(self, stage: str, init_params, examples, seed: int):
+    params, stats = improve.improve(
+        name=stage, graphdef=self.model.graphdef, init_params=init_params, examples=examples,
+        tokenizer=self.model.tokenizer, mesh=self.mesh,
+        checkpoint_dir=self.wd.checkpoints / f"train_{stage}", seed=seed,
+        metrics_log=self.metrics)
+    return params, stats
+
+  def _sample_split(self, stage: str, name: str, problems, params, num_samples: int,
+                    greedy: bool, seed: int):
+    step = f"{stage}/{name}"
+    is_done, mark = self._shard_done(step)
+    rows, stats = generate.run_shards(
+        problems, self.wd.root / stage / name, prompts_per_shard=self.cfg.prompts_per_shard,
+        is_done=is_done, mark_done=mark, desc=step, sampler=self.sampler, params=params,
+        tokenizer=self.model.tokenizer, pool=self.pool, num_samples=num_samples,
+        sampling=self._sampling(greedy), seed=seed)
+    return rows, stats
+
+  def _evaluate(self, stage: str, params, extra: dict) -> dict:
+    """Held-out (sampled + greedy) and train-split metrics; writes STAGE/metrics.json."""
+    path = self.wd.root / stage / "metrics.json"
+    if self.state.is_done(f"{stage}/evaluate") and path.exists():
+      return workdir_lib.read_json(path)
+    params = params() if callable(params) else params  # loaded only when needed
+    c = self.cfg
+    seed = c.seed * 1_000_003 + 999_983  # the same draws for every stage: paired comparisons
+    t0 = time.time()
+    out = {}
+    for split, limit, name in (("test", c.num_eval_prompts, "heldout"),
+                               ("train", c.num_eval_train_prompts, "train")):
+      probs = self.problems(split, limit)
+      sampled, _ = self._sample_split(stage, f"eval_{name}", probs, params, c.eval_samples,
+                                      False, seed) if c.eval_samples else ([], {})
+      greedy, _ = self._sample_split(stage, f"eval_{name}_greedy", probs, params, 1, True, seed)
+      per_prompt = {p.id: [] for p in probs}
+      for r in sampled:
+        per_prompt[r["prompt_id"]].append(r)
+      if not c.eval_samples:
+        per_prompt = {p.id: [] for p in probs}
+      out[name] = evaluation.summarize(
+          per_prompt, ks=c.eval_ks, greedy={r["prompt_id"]: r["reward"] >= 1.0 for r in greedy})
+    metrics = {**extra, **out, "stage": stage}
+    metrics.setdefault("times", {})["evaluate"] = round(time.time() - t0, 1)
+    if self.is_writer:
+      workdir_lib.write_json(path, metrics)
+      self.metrics.write(self._iteration_of(stage), _flat(out), phase="evaluate", stage=stage)
+    self._mark(f"{stage}/evaluate")
+    return metrics
+
+  @staticmethod
+  def _iteration_of(stage: str) -> int:
+    return int(stage.split("_")[1]) if stage.startswith("iter_") else 0
+
+  def _base_stage(self):
+    c = self.cfg
+    if self.state.is_done("base/save"):
+      self.base_params = self._load_params("base")
+      return
+    params = self.model.params
+    if c.base_sft_steps:
+      examples = self.human_examples()
+      params, _ = improve.improve(
+          name="base_sft", graphdef=self.model.graphdef, init_params=params,
+          examples=examples, tokenizer=self.model.tokenizer, mesh=self.mesh,
+          checkpoint_dir=self.wd.checkpoints / "train_base_sft", seed=c.seed,
+          cfg=dataclasses.replace(improve.ImproveConfig(), steps=c.base_sft_steps))
+    self._save_params("base", params, {"source": self.model.source})
+    self.base_params = params
+    self._mark("base/save")
+
+  def _iteration(self, i: int) -> dict:
+    c = self.cfg
+    stage = f"iter_{i:03d}"
+    times: dict = {}
+    kept_path = self.wd.root / stage / "kept.jsonl"
+    counts_path = self.wd.root / stage / "counts.json"
+    if not self.state.is_done(f"{stage}/filter"):
+      t0 = time.time()
+      rows, gstats = self._sample_split(
+          stage, "samples", self.problems("train", c.num_train_prompts), self.policy(i - 1),
+          c.num_samples, False, c.seed * 1_000_003 + i)
+      times["generate"] = round(time.time() - t0, 1)
+      kept, counts = filtering.filter_samples(rows, max_per_prompt=c.max_per_prompt)
+      counts.update({k: round(v, 2) for k, v in gstats.items()})
+      if self.is_writer:
+        workdir_lib.write_jsonl(kept_path, kept)
+        workdir_lib.write_json(counts_path, {"counts": counts, "times": times})
+        self.metrics.write(i, counts, phase="generate")
+      self._mark(f"{stage}/filter")
+    recorded = workdir_lib.read_json(counts_path)
+    counts, times = recorded["counts"], recorded["times"]
+    if not self.state.is_done(f"{stage}/improve"):
+      kept = parse_kept_lines(kept_path.read_text().splitlines(), source=str(kept_path))
+      if not kept:
+        raise RuntimeError(f"{stage}: no sample passed the verifier ({counts}); the policy "
+                           "solves nothing at this difficulty: use an easier task setting, more "
+                           "samples per prompt, or a stronger base model")
+      init = self.base_params if c.restart_from_base else self.policy(i - 1)
+      t0 = time.time()
+      params, tstats = self._improve(stage, init, sft_examples_from_kept(kept), seed=c.seed + i)
+      self._save_params(stage, params, {"iteration": i, **tstats})
+      times["improve"] = round(time.time() - t0, 1)
+      if self.is_writer:
+        workdir_lib.write_json(counts_path, {"counts": counts, "times": times, "train": tstats})
+      self._mark(f"{stage}/improve")
+      self._policy = (i, params)
+    return self._evaluate(stage, lambda: self.policy(i), {"counts": counts, "times": times})
+
+  def policy(self, i: int):
+    """The params after iteration i (0: the base), loaded from its checkpoint if needed."""
+    if i == 0:
+      return self.base_params
+    if self._policy is None or self._policy[0] != i:
+      self._policy = (i, self._load_params(f"iter_{i:03d}"))
+    return self._policy[1]
+
+  # --- driver --------------------------------------------------------------------------
+
+  def report_rows(self) -> list[dict]:
+    rows = []
+    for stage in ["iter_000", "sft_human"] + [f"iter_{i:03d}" for i in
+                                               range(1, self.cfg.iterations + 1)]:
+      path = self.wd.root / stage / "metrics.json"
+      if path.exists():
+        m = workdir_lib.read_json(path)
+        rows.append({"stage": "base" if stage == "iter_000" else stage, "metrics": m,
+                     "counts": m.get("counts"), "times": m.get("times"),
+                     "best": self.state.best_iteration is not None
+                     and stage == f"iter_{self.state.best_iteration:03d}"})
+    return rows
+
+  def _report(self):
+    if self.is_writer:
+      report.write(self.wd.root, self.report_rows(),
+                   f"ReST-EM: {self.cfg.model} on {self.cfg.task}", self.cfg.eval_ks)
+
+  def run(self) -> dict:
+    c = self.cfg
+    self._setup()
+    self._base_stage()
+    self._evaluate("iter_000", self.base_params, {})
+    self._report()
+    if c.sft_baseline or c.mode == "sft_human":
+      if not self.state.is_done("sft_human/improve"):
+        params, stats = self._improve("sft_human", self.base_params, self.human_examples(),
+                                      seed=c.seed)
+        self._save_params("sft_human", params, stats)
+        self._mark("sft_human/improve")
+      else:
+        params = lambda: self._load_params("sft_human")  # noqa: E731
+      self._evaluate("sft_human", params, {})
+      self._report()
+    if c.mode == "rest_em":
+      best = None
+      for i in range(1, c.iterations + 1):
+        if self.state.stopped_early:
+          break
+        m = self._iteration(i)
+        score = _score(m)
+        if best is None or score > best[1]:
+          best = (i, score)
+        self.state.best_iteration = best[0]
+        if c.early_stop and i > 1 and score < _score(self._metrics_of(i - 1)):
+          log.info("held-out accuracy fell at iteration %d: stopping early", i)
+          self.state.stopped_early = True
+        self._save_state()
+        self._report()
+    self.state.finished = True
+    self._save_state()
+    self._report()
+    self.pool.close()
+    return {"workdir": str(self.wd.root), "best_iteration": self.state.best_iteration,
+            "report": str(self.wd.root / "report.md"),
+            "heldout_pass@1": {r["stage"]: r["metrics"].get("heldout", {}).get("pass@1")
+                               for r in self.report_rows()}}
+
+  def _metrics_of(self, i: int) -> dict:
+    return workdir_lib.read_json(self.wd.root / f"iter_{i:03d}" / "metrics.json")
+
+
+def _score(metrics: dict) -> float:
+  held = metrics.get("heldout", {})
+  return held.get("pass@1", held.get("greedy_pass@1", 0.0))
+
+
+def _flat(out: dict) -> dict:
+  return {f"{split}/{k}": v for split, m in out.items() for k, v in m.items()
+          if isinstance(v, (int, float))}

@@ -1,0 +1,105 @@
+"""The run's directory: paths, atomic writes, and `state.json`.
+
+Every file is written to a temporary name and renamed, so a run killed at any instant leaves
+either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable
+
+from etils import epath
+
+
+def _tmp(path: epath.Path) -> epath.Path:
+  return path.parent / f".{path.name}.tmp{os.getpid()}"
+
+
+def write_text(path, text: str) -> None:
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = _tmp(path)
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def write_json(path, obj: Any) -> None:
+  write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_default) + "\n")
+
+
+def write_jsonl(path, rows: Iterable[dict]) -> None:
+  write_text(path, "".join(json.dumps(r, sort_keys=True, default=_default) + "\n" for r in rows))
+
+
+def read_json(path) -> Any:
+  return json.loads(epath.Path(path).read_text())
+
+
+def read_jsonl(path) -> list[dict]:
+  out = []
+  for n, line in enumerate(epath.Path(path).read_text().splitlines(), 1):
+    if line.strip():
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not a JSON object ({e})") from e
+  return out
+
+
+def _default(o):
+  if hasattr(o, "tolist"):
+    return o.tolist()
+  if dataclasses.is_dataclass(o):
+    return dataclasses.asdict(o)
+  raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@dataclasses.dataclass
+class RunState:
+  """Where the loop is. `done` lists finished steps by name, e.g. 'iter_001/generate'."""
+
+  done: list[str] = dataclasses.field(default_factory=list)
+  shards: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+  best_iteration: int | None = None
+  stopped_early: bool = False
+  finished: bool = False
+
+  def is_done(self, step: str) -> bool:
+    return step in self.done
+
+  def mark(self, step: str) -> None:
+    if step not in self.done:
+      self.done.append(step)
+    self.shards.pop(step, None)
+
+
+class Workdir:
+  """Paths of the layout described in DESIGN.md."""
+
+  def __init__(self, root):
+    self.root = epath.Path(root)
+
+  @property
+  def state_path(self) -> epath.Path:
+    return self.root / "state.json"
+
+  def load_state(self) -> RunState | None:
+    if not self.state_path.exists():
+      return None
+    return RunState(**read_json(self.state_path))
+
+  def save_state(self, state: RunState) -> None:
+    write_json(self.state_path, dataclasses.asdict(state))
+
+  def iteration_dir(self, i: int) -> epath.Path:
+    return self.root / f"iter_{i:03d}"
+
+  def shard_path(self, subdir: epath.Path, index: int, count: int) -> epath.Path:
+    return subdir / f"shard-{index:05d}-of-{count:05d}.jsonl"
+
+  @property
+  def checkpoints(self) -> epath.Path:
+    return self.root / "checkpoints"
