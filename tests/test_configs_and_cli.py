@@ -1,5 +1,4 @@
 import glob
-import json
 import os
 import subprocess
 import sys
@@ -68,12 +67,12 @@ def test_split_gin_args():
   assert bindings == ["WORKDIR = '/w'", "run.steps = 3"]
 
 
-def test_run_writes_resolved_config(tmp_path):
+def test_run_writes_resolved_config_and_reports_a_bad_model(tmp_path):
   workdir = tmp_path / "wd"
   out = _cli("run", "--gin_file=runs/demo.gin", f"--gin.WORKDIR='{workdir}'",
-             "--gin.run.steps=2", "--gin.create_mesh.shape=(2, 2, 2)")
-  assert out.returncode == 0, out.stderr[-2000:]
+             "--gin.LoopConfig.model='no-such-model'", "--gin.create_mesh.shape=(2, 2, 2)")
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "no-such-model" in out.stderr and "Traceback" not in out.stderr
   config = (workdir / "config.gin").read_text()
-  assert "run.steps = 2" in config and "create_mesh.shape = (2, 2, 2)" in config
-  result = json.loads(out.stdout[out.stdout.index("{"):])
-  assert result["mesh"] == "data=2 x fsdp=2 x tensor=2"
+  assert "LoopConfig.model = 'no-such-model'" in config
+  assert "create_mesh.shape = (2, 2, 2)" in config

@@ -17,9 +17,11 @@ def main(args) -> int:
   cli.configure_gin(args)
   from rest_jax import loop as loop_lib
   from rest_jax import run as run_lib
+  from rest_jax.models.weights import WeightsError
+  from rest_jax.tasks import TaskDataError
   try:
     result = run_lib.run()
-  except loop_lib.ConfigChangedError as e:
+  except (loop_lib.ConfigChangedError, WeightsError, TaskDataError) as e:
     print(f"rest-jax run: {e}", file=sys.stderr)
     return 2
   print(json.dumps(result, indent=1, default=str))
