@@ -13,3 +13,13 @@ os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), "
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import gin  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  """Gin bindings are global: a test that parses a config must not leak it into the next."""
+  yield
+  gin.clear_config()
