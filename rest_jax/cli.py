@@ -19,6 +19,8 @@ from rest_jax import gin_flags
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("rest_jax.commands.run", "the whole ReST-EM loop from a gin config "
             "(resumes an existing WORKDIR)"),
+    "sample": ("rest_jax.commands.sample", "K samples of each prompt from a model, as JSON lines "
+               "(text, token ids, finish reason, log-probability)"),
     "verify": ("rest_jax.commands.verify", "score completions with a verifier: one JSON verdict "
                "line per input line"),
     "logprobs": ("rest_jax.commands.logprobs", "per-token log-probabilities of a text, as JSON "
@@ -37,6 +39,7 @@ def import_configurables() -> None:
   import rest_jax.mesh  # noqa: F401
   import rest_jax.models.config  # noqa: F401
   import rest_jax.run  # noqa: F401
+  import rest_jax.sampling  # noqa: F401
   import rest_jax.tasks  # noqa: F401
   import rest_jax.training  # noqa: F401
 

@@ -1,8 +1,8 @@
 """Generate + Verify over a list of problems, in shards written atomically.
 
-A shard is a fixed slice of the problems. Its file is written only once every completion in
-it is sampled and verified, and `state.json` lists the finished shards, so a killed run
-redoes at most the shards it was in the middle of. Sampling draws sample j of problem p
+A shard is a fixed slice of the problems. Its file is written (atomically) only once every
+completion in it is sampled and verified, so a killed run redoes at most the shards it was in
+the middle of; with several processes each runs its own shards. Sampling draws sample j of problem p
 from (seed, key(p), j), so a redone shard yields the same completions.
 """
 
@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from rest_jax import distributed as dist
+from rest_jax import preemption
 from rest_jax import workdir as workdir_lib
 from rest_jax.tasks import sft as sft_lib
 
@@ -59,30 +61,44 @@ def sample_and_verify(problems: Sequence, *, sampler, params, tokenizer, pool, n
                 "completions": len(flat)}
 
 
-def run_shards(problems: Sequence, out_dir, *, prompts_per_shard: int,
-               is_done: Callable[[int], bool], mark_done: Callable[[int], None], desc: str,
-               **kwargs) -> tuple[list[dict], dict]:
-  """Runs every shard not yet done, then returns all rows (read back from the shard files)."""
+def run_shards(problems: Sequence, out_dir, *, prompts_per_shard: int, desc: str,
+               record: Callable[[list[int]], None] | None = None, **kwargs) -> tuple[list[dict], dict]:
+  """Runs every shard not yet done, then returns all rows (read back from the shard files).
+
+  With several processes, process i runs shards i, i + n, i + 2n, ... and writes their files;
+  after a barrier every process reads all of them. A shard is done when its file exists (it is
+  written atomically, so a file is always whole). After each round of shards every process
+  checks for a preemption request together, then `record(finished shard indices)` runs (the
+  loop notes them in `state.json`).
+  """
   count = max(1, -(-len(problems) // prompts_per_shard))
+  nproc, me = dist.process_count(), dist.process_index()
   wd = workdir_lib.Workdir(out_dir)
   totals = {"sample_s": 0.0, "verify_s": 0.0, "new_tokens": 0, "completions": 0}
-  bar = tqdm(total=len(problems), desc=desc, unit="prompt", leave=False)
-  for s in range(count):
-    shard = problems[s * prompts_per_shard:(s + 1) * prompts_per_shard]
-    path = wd.shard_path(wd.root, s, count)
-    if is_done(s) and path.exists():
-      bar.update(len(shard))
-      continue
-    rows, stats = sample_and_verify(shard, **kwargs)
-    workdir_lib.write_jsonl(path, rows)
-    mark_done(s)
-    for k in totals:
-      totals[k] += stats[k]
-    bar.update(len(shard))
-    passed = sum(r["reward"] >= 1.0 for r in rows)
-    bar.set_postfix(tok_s=f"{totals['new_tokens'] / max(totals['sample_s'], 1e-9):.0f}",
-                    pass_rate=f"{passed / max(len(rows), 1):.2f}")
+  bar = tqdm(total=len(problems), desc=desc, unit="prompt", leave=False,
+             disable=me != 0)
+  for first in range(0, count, nproc):
+    s = first + me
+    if s < count:
+      shard = problems[s * prompts_per_shard:(s + 1) * prompts_per_shard]
+      path = wd.shard_path(wd.root, s, count)
+      if not path.exists():
+        rows, stats = sample_and_verify(shard, **kwargs)
+        workdir_lib.write_jsonl(path, rows)
+        for k in totals:
+          totals[k] += stats[k]
+        passed = sum(r["reward"] >= 1.0 for r in rows)
+        bar.set_postfix(tok_s=f"{totals['new_tokens'] / max(totals['sample_s'], 1e-9):.0f}",
+                        pass_rate=f"{passed / max(len(rows), 1):.2f}")
+    # Every process's shards of this round, as far as process 0 can count them.
+    bar.update(sum(len(problems[t * prompts_per_shard:(t + 1) * prompts_per_shard])
+                   for t in range(first, min(first + nproc, count))))
+    end = min(first + nproc, count)
+    preemption.check(f"{desc}, after shards {first}-{end - 1} of {count}")
+    if record is not None:  # past the collective check: every shard of the round is written
+      record(list(range(end)))
   bar.close()
+  dist.barrier(f"{desc}/shards")
   rows = []
   for s in range(count):
     rows.extend(workdir_lib.read_jsonl(wd.shard_path(wd.root, s, count)))

@@ -2,7 +2,9 @@
 
 Restart-from-base or warm-start is the caller's choice of `init_params`. Progress is
 checkpointed every `checkpoint_every` steps (train state + data iterator position), so a
-killed run resumes at the same step with the same batches and gets the same params.
+killed run resumes at the same step with the same batches and gets the same params; after
+SIGTERM the phase checkpoints the step it is at and stops (`rest_jax.preemption`). With several
+processes each feeds its slice of every global batch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import jax
 from tqdm.auto import tqdm
 
 from rest_jax import checkpoints as ckpt_lib
+from rest_jax import distributed as dist
+from rest_jax import mesh as mesh_lib
+from rest_jax import preemption
 from rest_jax import train_state as state_lib
 from rest_jax import training
 from rest_jax.tasks import sft as sft_lib
@@ -105,11 +110,21 @@ def improve(*, name: str, graphdef, init_params, examples: Sequence, tokenizer, 
   loss = float("nan")
   bar = tqdm(total=steps, initial=start, desc=f"{name} train", unit="step", leave=False,
              disable=process_index != 0)
+  to_global = lambda b: dist.global_batch(b, lambda nd: mesh_lib.batch_sharding(mesh, nd))
+  save = lambda n: manager.save_state(n, state, meta={"data": data.state(),
+                                                      "data_fingerprint": data.fingerprint})
   for step in range(start, steps):
-    state, metrics = step_fn(state, next(data))
-    if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
-      manager.save_state(step + 1, state, meta={"data": data.state(),
-                                                "data_fingerprint": data.fingerprint})
+    state, metrics = step_fn(state, to_global(next(data)))
+    saved = (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps
+    if saved:
+      save(step + 1)
+    if step + 1 < steps and dist.any_process(preemption.requested()):
+      if not saved:
+        save(step + 1)   # the safe point: this step's state, so a rerun loses nothing
+      manager.wait()
+      manager.close()
+      bar.close()
+      raise preemption.Preempted(f"{name}, after train step {step + 1} of {steps}")
     if (step + 1) % 10 == 0 or step + 1 == steps:
       m = jax.device_get(metrics)
       loss = float(m["loss"])

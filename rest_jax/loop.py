@@ -22,11 +22,12 @@ import jax
 from etils import epath
 
 from rest_jax import checkpoints as ckpt_lib
+from rest_jax import distributed as dist
 from rest_jax import evaluation, filtering, generate, improve, report
 from rest_jax import workdir as workdir_lib
 from rest_jax.models import loading
 from rest_jax.models import params as params_lib
-from rest_jax.sampling_basic import Sampler, SamplingParams
+from rest_jax.sampling import Sampler, SamplingParams
 from rest_jax.tasks import get_task
 from rest_jax.tasks.kept import SFTExample, parse_kept_lines, sft_examples_from_kept
 from rest_jax.telemetry import MetricsLog
@@ -91,7 +92,7 @@ class Loop:
     self.cfg = cfg
     self.mesh = mesh
     self.wd = workdir_lib.Workdir(cfg.workdir)
-    self.is_writer = jax.process_index() == 0
+    self.is_writer = dist.is_writer()  # process 0 alone writes state, reports, metrics
     self.state = self.wd.load_state() or workdir_lib.RunState()
     self.metrics = MetricsLog(self.wd.root) if self.is_writer else None
     self.task = None
@@ -100,6 +101,7 @@ class Loop:
     self._policy: tuple[int, object] | None = None  # (iteration, params) last trained/loaded
     self.sampler = None
     self.pool = None
+    self._local = None   # (global params, their copy on this process's sampling mesh)
 
   # --- bookkeeping -------------------------------------------------------------------
 
@@ -108,17 +110,16 @@ class Loop:
       self.wd.save_state(self.state)
 
   def _mark(self, step: str):
+    """Records `step` as finished; no process goes on until every process got here."""
     self.state.mark(step)
     self._save_state()
+    dist.barrier(step)
 
-  def _shard_done(self, step: str):
-    def is_done(s):
-      return s in self.state.shards.get(step, [])
-
-    def mark(s):
-      self.state.shards.setdefault(step, []).append(s)
+  def _record_shards(self, step: str):
+    def record(done: list[int]):
+      self.state.shards[step] = done
       self._save_state()
-    return is_done, mark
+    return record
 
   def check_config(self, config_text: str):
     """Refuses to resume a workdir whose recorded config differs (unless allowed)."""
@@ -138,6 +139,7 @@ class Loop:
           workdir_lib.write_text(self.wd.root / f"config.{int(time.time())}.prev.gin", old)
     if self.is_writer:
       workdir_lib.write_text(path, config_text)
+    dist.barrier("config")
 
   # --- components ----------------------------------------------------------------------
 
@@ -147,7 +149,9 @@ class Loop:
     self.model = loading.load_model(cfg.model, self.mesh, seed=cfg.seed, remat=True)
     tok = self.model.tokenizer
     self.task = get_task(cfg.task, tokenizer=tok)
-    self.sampler = Sampler(self.model.graphdef, self.model.config, tok, self.mesh,
+    # Each process samples its own shards on its own devices (the whole mesh for one process).
+    self.sample_mesh = dist.local_mesh(self.mesh)
+    self.sampler = Sampler(self.model.graphdef, self.model.config, tok, self.sample_mesh,
                            num_slots=cfg.sampler_slots)
     self.pool = VerifierPool()
     self._ckpt = lambda sub: ckpt_lib.CheckpointManager(self.wd.checkpoints / sub)
@@ -185,21 +189,29 @@ class Loop:
 
   # --- phases --------------------------------------------------------------------------
 
+  def _sampling_params(self, params):
+    """`params` on the sampling mesh: themselves for one process, else a per-host copy."""
+    if dist.process_count() == 1:
+      return params
+    if self._local is None or self._local[0] is not params:
+      self._local = (params, dist.to_local_mesh(params, self.sample_mesh, params_lib.shardings))
+    return self._local[1]
+
   def _improve(self, stage: str, init_params, examples, seed: int):
     params, stats = improve.improve(
         name=stage, graphdef=self.model.graphdef, init_params=init_params, examples=examples,
         tokenizer=self.model.tokenizer, mesh=self.mesh,
         checkpoint_dir=self.wd.checkpoints / f"train_{stage}", seed=seed,
-        metrics_log=self.metrics)
+        metrics_log=self.metrics, process_index=dist.process_index(),
+        process_count=dist.process_count())
     return params, stats
 
   def _sample_split(self, stage: str, name: str, problems, params, num_samples: int,
                     greedy: bool, seed: int):
-    step = f"{stage}/{name}"
-    is_done, mark = self._shard_done(step)
     rows, stats = generate.run_shards(
         problems, self.wd.root / stage / name, prompts_per_shard=self.cfg.prompts_per_shard,
-        is_done=is_done, mark_done=mark, desc=step, sampler=self.sampler, params=params,
+        desc=f"{stage}/{name}", record=self._record_shards(f"{stage}/{name}"),
+        sampler=self.sampler, params=self._sampling_params(params),
         tokenizer=self.model.tokenizer, pool=self.pool, num_samples=num_samples,
         sampling=self._sampling(greedy), seed=seed)
     return rows, stats
@@ -251,7 +263,8 @@ class Loop:
           name="base_sft", graphdef=self.model.graphdef, init_params=params,
           examples=examples, tokenizer=self.model.tokenizer, mesh=self.mesh,
           checkpoint_dir=self.wd.checkpoints / "train_base_sft", seed=c.seed,
-          cfg=dataclasses.replace(improve.ImproveConfig(), steps=c.base_sft_steps))
+          cfg=dataclasses.replace(improve.ImproveConfig(), steps=c.base_sft_steps),
+          process_index=dist.process_index(), process_count=dist.process_count())
     self._save_params("base", params, {"source": self.model.source})
     self.base_params = params
     self._mark("base/save")
@@ -323,8 +336,14 @@ class Loop:
                    f"ReST-EM: {self.cfg.model} on {self.cfg.task}", self.cfg.eval_ks)
 
   def run(self) -> dict:
-    c = self.cfg
     self._setup()
+    try:
+      return self._run()
+    finally:
+      self.pool.close()
+
+  def _run(self) -> dict:
+    c = self.cfg
     self._base_stage()
     self._evaluate("iter_000", self.base_params, {})
     self._report()
@@ -356,7 +375,6 @@ class Loop:
     self.state.finished = True
     self._save_state()
     self._report()
-    self.pool.close()
     return {"workdir": str(self.wd.root), "best_iteration": self.state.best_iteration,
             "report": str(self.wd.root / "report.md"),
             "heldout_pass@1": {r["stage"]: r["metrics"].get("heldout", {}).get("pass@1")

@@ -1,4 +1,10 @@
-"""`rest-jax run --gin_file=F [--gin.X=V ...]`: the whole loop; resumes an existing WORKDIR."""
+"""`rest-jax run --gin_file=F [--gin.X=V ...]`: the whole loop; resumes an existing WORKDIR.
+
+On a pod every host runs the same command. TPU VMs join the process group by themselves;
+elsewhere pass `--coordinator_address/--num_processes/--process_id` (or the
+`REST_JAX_*` environment variables). SIGTERM stops every process at the next safe point
+(exit status 143); rerunning the same command resumes.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,34 @@ from rest_jax import gin_flags
 
 def add_arguments(parser):
   gin_flags.add_flags(parser)
+  group = parser.add_argument_group("multi-process jobs (automatic on TPU VMs)")
+  group.add_argument("--coordinator_address", default=None,
+                     help="host:port of process 0's coordinator (env REST_JAX_COORDINATOR_ADDRESS)")
+  group.add_argument("--num_processes", type=int, default=None,
+                     help="processes in the job (env REST_JAX_NUM_PROCESSES)")
+  group.add_argument("--process_id", type=int, default=None,
+                     help="this process's rank, 0-based (env REST_JAX_PROCESS_ID)")
+  group.add_argument("--init_timeout", type=int, default=None,
+                     help="seconds to wait for every process to join (default 300; env "
+                          "REST_JAX_INIT_TIMEOUT)")
+  group.add_argument("--heartbeat_timeout", type=int, default=None,
+                     help="seconds without a heartbeat before a process counts as dead "
+                          "(default 100)")
 
 
 def main(args) -> int:
+  from rest_jax import distributed as dist
+  from rest_jax import preemption
+  try:
+    # Before anything initialises a JAX backend.
+    dist.initialize(dist.ProcessGroup.from_env(
+        coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+        process_id=args.process_id, init_timeout_s=args.init_timeout,
+        heartbeat_timeout_s=args.heartbeat_timeout))
+  except dist.DistributedError as e:
+    print(f"rest-jax run: {e}", file=sys.stderr)
+    return 1
+  preemption.install()
   from rest_jax import cli
   cli.configure_gin(args)
   from rest_jax import loop as loop_lib
@@ -24,5 +55,12 @@ def main(args) -> int:
   except (loop_lib.ConfigChangedError, WeightsError, TaskDataError) as e:
     print(f"rest-jax run: {e}", file=sys.stderr)
     return 2
-  print(json.dumps(result, indent=1, default=str))
+  except preemption.Preempted as e:
+    print(f"rest-jax run: {e}", file=sys.stderr)
+    return preemption.EXIT_CODE
+  except dist.DistributedError as e:
+    print(f"rest-jax run: {e}", file=sys.stderr)
+    return 1
+  if dist.is_writer():
+    print(json.dumps(result, indent=1, default=str))
   return 0

@@ -1,0 +1,619 @@
+"""Sampling: K completions per prompt from a sharded KV cache, with continuous batching.
+
+The Generate phase of ReST-EM. `Sampler.generate(params, prompts, num_samples=K, ...)` returns
+`K` completions of every prompt.
+
+How it runs:
+
+* **Slots.** Decoding runs on a fixed number of rows (`num_slots`). The host keeps a queue of
+  pending (prompt, sample) pairs, prompt-major; whenever slots are free, the next pairs go into
+  them, so a slot never waits behind a long sample in another row.
+* **Prefill once per prompt.** A prompt is prefilled once (padded to a length bucket) into a
+  small device-side store of prompt caches; each of its K samples copies that cache into its
+  slot and draws its first token from the stored last-token logits.
+* **Decode.** One jitted call runs `steps_per_dispatch` decode steps for all slots inside a
+  `lax.scan`: forward, draw, stop-id and length checks all on the device. The host then
+  appends the new tokens, checks stop strings on the detokenised text, and refills slots.
+* **Pure functions.** Prefill, insert and decode are pure functions of `(params, cache, ...)`
+  jitted with explicit in/out shardings and the cache donated. `params` are the arrays the
+  train step uses, passed in, never copied. The cache is sharded over rows (`batch`) and KV
+  heads. Shapes come from a few buckets (prompt length, cache length, rows per prefill and
+  per insert), so a run compiles a handful of programs; each compilation is logged.
+* **Determinism.** Sample j of the prompt with key p draws its t-th token with
+  `fold_in(fold_in(fold_in(key(seed), p), j), t)`, and a row's computation never depends on
+  the other rows, so a completion is the same whatever the batch, slot count, mesh or order.
+  (Floating-point sums may differ in the last bit between shapes, which can flip a draw only
+  when the uniform falls within ~1e-6 of a CDF boundary.)
+
+What a `Completion` holds:
+
+* `tokens`: the generated ids that make up the completion, *without* the EOS/stop id that ended
+  it; for a stop string, the shortest prefix of the generated ids whose text reaches the stop
+  string (text is cut exactly before the stop string).
+* `logprob_sum`: the sum over `tokens` of the raw model log-probabilities
+  (`log_softmax(logits)` at temperature 1, no top-k/top-p), whatever the sampling filter.
+* `finish_reason`: 'eos' (an id in `tokenizer.stop_ids`/`eos_id`), 'stop' (a stop string) or
+  'length' (`max_new_tokens` reached).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import time
+from typing import Callable, Sequence
+
+import flax.struct
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from rest_jax import mesh as mesh_lib
+from rest_jax import sampling_filters as filters
+from rest_jax import sampling_model
+from rest_jax.models.config import ModelConfig
+from rest_jax.sampling_model import DecodeCache
+
+log = logging.getLogger(__name__)
+
+MAX_STOP_IDS = 8
+
+
+def default_buckets(lo: int = 16, hi: int = 1 << 20) -> tuple[int, ...]:
+  """16, 24, 32, 48, 64, 96, ...: powers of two and 1.5x powers of two."""
+  out, b = [], lo
+  while b <= hi:
+    out += [b, b * 3 // 2]
+    b *= 2
+  return tuple(x for x in out if x <= hi)
+
+
+DEFAULT_BUCKETS = default_buckets()
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """How to draw each token. EOS ids come from the tokenizer (`eos_id` and `stop_ids`)."""
+
+  temperature: float = 1.0   # 0.0 = greedy
+  top_k: int = 0             # 0 = off
+  top_p: float = 1.0         # 1.0 = off
+  max_new_tokens: int = 256
+  stop: tuple[str, ...] = ()  # stop strings, matched on the detokenised completion
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if isinstance(self.stop, str):
+      object.__setattr__(self, "stop", (self.stop,))
+    if any(not s for s in self.stop):
+      raise ValueError("stop strings must be non-empty")
+    filters.FilterSpec.of(self.temperature, self.top_k, self.top_p, vocab_size=1 << 30)
+
+
+@gin.configurable
+def sampling_params(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    max_new_tokens: int = 256, stop: Sequence[str] = ()) -> SamplingParams:
+  """The gin entry point for `SamplingParams`."""
+  return SamplingParams(temperature, top_k, top_p, max_new_tokens, tuple(stop))
+
+
+@dataclasses.dataclass
+class Completion:
+  prompt_index: int     # position of the prompt in the input list
+  sample_index: int     # j in 0..K-1
+  tokens: list[int]     # generated ids, without the EOS id; cut at a stop string (see module doc)
+  text: str             # decoded `tokens`, cut exactly before a stop string
+  finish_reason: str    # 'eos' | 'stop' | 'length'
+  logprob_sum: float    # sum of raw model log-probabilities (temperature 1, unfiltered) of tokens
+
+
+@flax.struct.dataclass
+class SlotState:
+  """Per-slot decode state on the device."""
+
+  token: jax.Array    # [S] int32: the last generated token, fed at `pos` next
+  pos: jax.Array      # [S] int32
+  step: jax.Array     # [S] int32: tokens generated so far (the index of the next draw)
+  active: jax.Array   # [S] bool: still generating
+  key: jax.Array      # [S, 2] uint32: raw key data of the sample's key
+
+  @classmethod
+  def empty(cls, slots: int) -> "SlotState":
+    z = jnp.zeros((slots,), jnp.int32)
+    return cls(z, z, z, jnp.zeros((slots,), bool), jnp.zeros((slots, 2), jnp.uint32))
+
+
+def bucket(n: int, buckets: Sequence[int]) -> int:
+  for b in buckets:
+    if n <= b:
+      return b
+  raise ValueError(f"{n} is above the largest bucket {max(buckets)}")
+
+
+def _pow2(n: int) -> int:
+  return 1 << max(0, (n - 1).bit_length())
+
+
+def _sample_keys(seed, pkeys, samples):
+  base = jax.random.key(seed)
+  return jax.vmap(lambda p, j: jax.random.fold_in(jax.random.fold_in(base, p), j))(pkeys, samples)
+
+
+def _is_stop(tok, stop_ids):
+  return jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+
+
+@dataclasses.dataclass
+class _Slot:
+  prompt: int
+  sample: int
+  tokens: list
+  logprobs: list
+  checked_text: int = 0   # text length already searched for stop strings
+
+
+@gin.configurable
+class Sampler:
+  """Continuous-batching sampler on a mesh. See the module docstring.
+
+  Args:
+    graphdef, config: the model (`nnx.split(model)[0]` and its `ModelConfig`).
+    tokenizer: a `rest_jax.tokenizers.Tokenizer`; its `stop_ids` (or `eos_id`) end a sample.
+    mesh: the mesh `params` live on.
+    num_slots: decode rows; sharded over the mesh's batch axes (`data`, `fsdp`).
+    max_cache_len: longest prompt + completion allowed (default: the model's `max_seq_len`).
+    steps_per_dispatch: decode steps per jitted call between host checks.
+    cache_dtype: KV cache storage ('float32' or 'bfloat16').
+    prompt_buckets: prompt lengths are padded up to one of these.
+    cache_buckets: the cache length of a run is bucket(longest prompt + max_new_tokens).
+    max_prefill_batch: most prompts per prefill call (padded to a power of two).
+    truncate_prompts: cut over-long prompts from the left instead of raising.
+    window_quantum: if set, a dispatch attends only to the first round_up(max position, quantum)
+      cache entries (one compiled program per window size). Helps when rows advance together.
+    compiler_options: XLA options for the sampler's programs only (e.g. CPU tuning).
+  """
+
+  def __init__(self, graphdef, config: ModelConfig, tokenizer, mesh, *, num_slots: int = 32,
+               max_cache_len: int | None = None, steps_per_dispatch: int = 8,
+               cache_dtype: str = "float32", prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
+               cache_buckets: Sequence[int] | None = None, max_prefill_batch: int = 8,
+               truncate_prompts: bool = False, window_quantum: int | None = None,
+               compiler_options: dict | None = None):
+    if num_slots < 1 or steps_per_dispatch < 1 or max_prefill_batch < 1:
+      raise ValueError("num_slots, steps_per_dispatch and max_prefill_batch must be >= 1")
+    self.graphdef, self.config, self.tokenizer, self.mesh = graphdef, config, tokenizer, mesh
+    self.num_slots = num_slots
+    self.max_cache_len = max_cache_len or config.max_seq_len
+    self.steps_per_dispatch = steps_per_dispatch
+    self.cache_dtype = jnp.dtype(cache_dtype)
+    sampling_model.storage_dtype(self.cache_dtype)   # validates
+    self.prompt_buckets = tuple(sorted(prompt_buckets))
+    self.cache_buckets = tuple(sorted(cache_buckets or prompt_buckets))
+    self.max_prefill_batch = _pow2(max_prefill_batch)
+    self.truncate_prompts = truncate_prompts
+    self.window_quantum = window_quantum
+    self.compiler_options = dict(compiler_options or {})
+    ids = list(getattr(tokenizer, "stop_ids", None) or []) + [tokenizer.eos_id]
+    self.stop_ids = sorted({int(i) for i in ids if i is not None})
+    if len(self.stop_ids) > MAX_STOP_IDS:
+      raise ValueError(f"at most {MAX_STOP_IDS} stop ids are supported, got {self.stop_ids}")
+    self._executables: dict = {}
+    self.compilations: list[tuple[str, float]] = []   # (program, seconds), in order
+    self.stats: dict = {}                             # figures of the last generate()
+
+  # ------------------------------------------------------------------------ shardings
+
+  def _sharding(self, names, shape):
+    return mesh_lib.logical_sharding(self.mesh, names, shape)
+
+  def _cache_sharding(self, shape):
+    sh = self._sharding(DecodeCache.LOGICAL, shape)
+    return DecodeCache(sh, sh)
+
+  def _state_sharding(self):
+    s = self.num_slots
+    row = self._sharding(("batch",), (s,))
+    return SlotState(row, row, row, row, self._sharding(("batch", None), (s, 2)))
+
+  def _replicated(self):
+    return mesh_lib.replicated(self.mesh)
+
+  # ------------------------------------------------------------------------ programs
+
+  def _program(self, name: str, static: tuple, fn, args, in_shardings, out_shardings,
+               donate: tuple[int, ...]):
+    """A compiled program for these argument shapes (compiled and logged on first use)."""
+    sig = (name, static, tuple((tuple(x.shape), str(x.dtype), getattr(x, "sharding", None))
+                               for x in jax.tree.leaves(args)))
+    exe = self._executables.get(sig)
+    if exe is None:
+      t0 = time.perf_counter()
+      jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                       donate_argnums=donate)
+      with jax.set_mesh(self.mesh):
+        lowered = jitted.lower(*args)
+      exe = lowered.compile(self.compiler_options or None)
+      seconds = time.perf_counter() - t0
+      desc = f"{name}{static}" if static else name
+      self.compilations.append((desc, seconds))
+      log.info("sampler: compiled %s in %.1fs", desc, seconds)
+      self._executables[sig] = exe
+    return exe
+
+  def _call(self, name, static, fn, args, in_shardings, out_shardings, donate):
+    """Compiles (once) and runs `fn` on `args`. Host inputs are put on their shardings first:
+    jit accepts numpy only for a single process."""
+    args = jax.tree.map(
+        lambda sh, a: a if all(isinstance(x, jax.Array) for x in jax.tree.leaves(a))
+        else jax.device_put(a, sh), in_shardings, args,
+        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    return self._program(name, static, fn, args, in_shardings, out_shardings, donate)(*args)
+
+  def _params_sharding(self, params):
+    return jax.tree.map(lambda x: x.sharding, params)
+
+  def _prefill(self, params, store, store_logits, tokens, lengths, rows):
+    graphdef, kv_dtype = self.graphdef, self.cache_dtype
+
+    def fn(params, store, store_logits, tokens, lengths, rows):
+      logits, kv = sampling_model.prefill(graphdef, params, tokens, lengths, kv_dtype)
+      t = tokens.shape[1]
+      put = lambda s, x: s.at[:, rows, :, :t].set(x, mode="drop")
+      store = DecodeCache(put(store.k, kv.k), put(store.v, kv.v))
+      return store, store_logits.at[rows].set(logits, mode="drop")
+
+    p, t = tokens.shape
+    store_sh = self._cache_sharding(store.k.shape)
+    logits_sh = self._sharding(("batch", "vocab"), store_logits.shape)
+    args = (params, store, store_logits, tokens, lengths, rows)
+    return self._call(
+        "prefill", (p, t), fn, args,
+        (self._params_sharding(params), store_sh, logits_sh, self._sharding(("batch", None), (p, t)),
+         self._replicated(), self._replicated()),
+        (store_sh, logits_sh), donate=(1, 2))
+
+  def _insert(self, cache, state, store, store_logits, slots, rows, pkeys, samples, lengths,
+              seed, dyn, spec):
+    def fn(cache, state, store, store_logits, slots, rows, pkeys, samples, lengths, seed, dyn):
+      temperature, top_p, stop_ids, max_new = dyn
+      lp = store.length
+      put = lambda c, s: c.at[:, slots, :, :lp].set(s[:, rows], mode="drop")
+      cache = DecodeCache(put(cache.k, store.k), put(cache.v, store.v))
+      keys = _sample_keys(seed, pkeys, samples)
+      first_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+      tok, logp = filters.draw(store_logits[rows], first_keys, spec, temperature, top_p)
+      done = _is_stop(tok, stop_ids) | (max_new <= 1)
+      set_ = lambda a, v: a.at[slots].set(v, mode="drop")
+      state = SlotState(
+          token=set_(state.token, tok), pos=set_(state.pos, lengths),
+          step=set_(state.step, jnp.ones_like(lengths)), active=set_(state.active, ~done),
+          key=set_(state.key, jax.random.key_data(keys)))
+      return cache, state, tok, logp
+
+    cache_sh = self._cache_sharding(cache.k.shape)
+    state_sh = self._state_sharding()
+    rep = self._replicated()
+    args = (cache, state, store, store_logits, slots, rows, pkeys, samples, lengths, seed, dyn)
+    return self._call(
+        "insert", (len(slots), spec), fn, args,
+        (cache_sh, state_sh, self._cache_sharding(store.k.shape),
+         self._sharding(("batch", "vocab"), store_logits.shape)) + (rep,) * 7,
+        (cache_sh, state_sh, rep, rep), donate=(0, 1))
+
+  def _decode(self, params, cache, state, dyn, spec, window):
+    graphdef, steps = self.graphdef, self.steps_per_dispatch
+
+    def fn(params, cache, state, dyn):
+      temperature, top_p, stop_ids, max_new = dyn
+
+      def body(carry, _):
+        cache, st = carry
+        logits, cache = sampling_model.decode_step(graphdef, params, cache, st.token, st.pos,
+                                                   window)
+        keys = jax.vmap(lambda kd, t: jax.random.fold_in(jax.random.wrap_key_data(kd), t))(
+            st.key, st.step)
+        tok, logp = filters.draw(logits, keys, spec, temperature, top_p)
+        step = st.step + 1
+        done = _is_stop(tok, stop_ids) | (step >= max_new)
+        act = st.active
+        st = SlotState(token=jnp.where(act, tok, st.token), pos=jnp.where(act, st.pos + 1, st.pos),
+                       step=jnp.where(act, step, st.step), active=act & ~done, key=st.key)
+        return (cache, st), (tok, logp, act)
+
+      (cache, state), (toks, logps, valid) = jax.lax.scan(body, (cache, state), None,
+                                                          length=steps)
+      return cache, state, toks.T, logps.T, valid.T
+
+    cache_sh = self._cache_sharding(cache.k.shape)
+    state_sh = self._state_sharding()
+    out_sh = self._sharding(("batch", None), (self.num_slots, steps))
+    args = (params, cache, state, dyn)
+    return self._call(
+        "decode", (self.num_slots, cache.length, window, steps, spec), fn, args,
+        (self._params_sharding(params), cache_sh, state_sh, self._replicated()),
+        (cache_sh, state_sh, out_sh, out_sh, out_sh), donate=(1, 2))
+
+  def _zeros(self, name, make, sharding):
+    exe = self._program(name, (), make, (), (), sharding, ())
+    return exe()
+
+  def time_decode(self, params, *, cache_len: int, position: int, dispatches: int = 10,
+                  sampling: SamplingParams | None = None) -> tuple[float, int]:
+    """(seconds per decode step, KV cache bytes) with every slot decoding at `position`.
+
+    A benchmark helper: decode only, no prefill or host work between dispatches.
+    """
+    sampling = sampling or SamplingParams()
+    cfg, slots = self.config, self.num_slots
+    spec = filters.FilterSpec.of(sampling.temperature, sampling.top_k, sampling.top_p,
+                                 cfg.vocab_size)
+    shape = DecodeCache.shape(cfg, slots, cache_len)
+    cache = self._zeros(f"zeros_cache{shape}",
+                        lambda: DecodeCache.zeros(cfg, slots, cache_len, self.cache_dtype),
+                        self._cache_sharding(shape))
+    dyn = (np.float32(max(sampling.temperature, 1e-6)), np.float32(sampling.top_p),
+           np.full((MAX_STOP_IDS,), -1, np.int32), np.int32(1 << 30))
+    start = min(position, cache_len - 1 - self.steps_per_dispatch)
+
+    def fresh_state():
+      z = np.zeros((slots,), np.int32)
+      st = SlotState(z, np.full((slots,), start, np.int32), z + 1, np.ones((slots,), bool),
+                     np.zeros((slots, 2), np.uint32))
+      return jax.device_put(st, self._state_sharding())
+
+    cache, *out = self._decode(params, cache, fresh_state(), dyn, spec, None)
+    jax.block_until_ready(out)
+    t0 = time.perf_counter()
+    for _ in range(dispatches):
+      cache, *out = self._decode(params, cache, fresh_state(), dyn, spec, None)
+    jax.block_until_ready(out)
+    seconds = (time.perf_counter() - t0) / (dispatches * self.steps_per_dispatch)
+    return seconds, cache.nbytes
+
+  # ------------------------------------------------------------------------ generate
+
+  def _check_prompts(self, prompts, max_new: int) -> list[list[int]]:
+    limit = self.max_cache_len
+    if max_new >= limit:
+      raise ValueError(f"max_new_tokens={max_new} leaves no room for a prompt in a cache of "
+                       f"{limit} (max_cache_len)")
+    out = []
+    for i, p in enumerate(prompts):
+      p = [int(t) for t in p]
+      if not p:
+        raise ValueError(f"prompt {i} is empty")
+      if len(p) + max_new > limit:
+        if not self.truncate_prompts:
+          raise ValueError(
+              f"prompt {i} has {len(p)} tokens; with max_new_tokens={max_new} it needs "
+              f"{len(p) + max_new} cache positions, more than max_cache_len={limit} "
+              f"(shorten it, lower max_new_tokens, or pass truncate_prompts=True)")
+        p = p[len(p) - (limit - max_new):]
+      out.append(p)
+    return out
+
+  def generate(self, params, prompts: Sequence[Sequence[int]], *, num_samples: int,
+               sampling: SamplingParams, seed: int, prompt_keys: Sequence[int] | None = None,
+               progress: bool | str = False,
+               on_prompt_done: Callable[[int, list[Completion]], None] | None = None
+               ) -> list[list[Completion]]:
+    """`num_samples` completions of every prompt: result[prompt][sample].
+
+    `prompt_keys[i]` (default i) is the integer folded into the seed for prompt i; pass a
+    stable per-problem integer so results do not depend on where a prompt sits in the list.
+    `on_prompt_done(i, completions)` runs as soon as all samples of prompt i are finished.
+    """
+    if num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not prompts:
+      return []
+    if prompt_keys is None:
+      prompt_keys = range(len(prompts))
+    prompt_keys = [int(k) % (1 << 32) for k in prompt_keys]
+    if len(prompt_keys) != len(prompts):
+      raise ValueError(f"{len(prompt_keys)} prompt_keys for {len(prompts)} prompts")
+    prompts = self._check_prompts(prompts, sampling.max_new_tokens)
+    spec = filters.FilterSpec.of(sampling.temperature, sampling.top_k, sampling.top_p,
+                                 self.config.vocab_size)
+    return _Run(self, params, prompts, prompt_keys, num_samples, sampling, spec, seed,
+                progress, on_prompt_done).run()
+
+
+class _Run:
+  """One `generate` call: the host-side scheduler."""
+
+  def __init__(self, sampler: Sampler, params, prompts, prompt_keys, num_samples, sampling,
+               spec, seed, progress, on_prompt_done):
+    self.s, self.params, self.prompts, self.pkeys = sampler, params, prompts, prompt_keys
+    self.k, self.sampling, self.spec, self.on_prompt_done = num_samples, sampling, spec, on_prompt_done
+    self.seed = np.uint32(int(seed) % (1 << 32))
+    self.progress = progress
+    s = sampler
+    longest = max(len(p) for p in prompts)
+    need = longest + sampling.max_new_tokens
+    self.cache_len = min(bucket(need, s.cache_buckets + (s.max_cache_len,)), s.max_cache_len)
+    if self.cache_len < need:
+      self.cache_len = need
+    self.prompt_len = lambda n: min(bucket(n, s.prompt_buckets + (self.cache_len,)),
+                                    self.cache_len)
+    self.store_len = max(self.prompt_len(len(p)) for p in prompts)
+    slots = s.num_slots
+    self.store_rows = max(1, min(slots, -(-slots // num_samples) + 1, len(prompts)))
+    self.stop_ids = np.full((MAX_STOP_IDS,), -1, np.int32)
+    self.stop_ids[:len(s.stop_ids)] = s.stop_ids
+    self.stop_set = set(s.stop_ids)
+    self.dyn = (np.float32(max(sampling.temperature, 1e-6)), np.float32(sampling.top_p),
+                self.stop_ids, np.int32(sampling.max_new_tokens))
+
+  def _window(self, slots: list) -> int | None:
+    q = self.s.window_quantum
+    if not q:
+      return None
+    top = max(len(self.prompts[sl.prompt]) + len(sl.tokens) for sl in slots if sl is not None)
+    w = -(-(top + self.s.steps_per_dispatch) // q) * q
+    return None if w >= self.cache_len else w
+
+  def run(self) -> list[list[Completion]]:
+    s, cfg = self.s, self.s.config
+    S, K = s.num_slots, self.k
+    t_start = time.perf_counter()
+    compiles_before = len(s.compilations)
+    cache_shape = DecodeCache.shape(cfg, S, self.cache_len)
+    store_shape = DecodeCache.shape(cfg, self.store_rows, self.store_len)
+    cache = s._zeros(f"zeros_cache{cache_shape}",
+                     lambda: DecodeCache.zeros(cfg, S, self.cache_len, s.cache_dtype),
+                     s._cache_sharding(cache_shape))
+    store = s._zeros(f"zeros_store{store_shape}",
+                     lambda: DecodeCache.zeros(cfg, self.store_rows, self.store_len, s.cache_dtype),
+                     s._cache_sharding(store_shape))
+    logits_shape = (self.store_rows, cfg.vocab_size)
+    store_logits = s._zeros(f"zeros_logits{logits_shape}",
+                            lambda: jnp.zeros(logits_shape, jnp.float32),
+                            s._sharding(("batch", "vocab"), logits_shape))
+    state = s._zeros("zeros_state", lambda: SlotState.empty(S), s._state_sharding())
+    self.kv_bytes = cache.nbytes + store.nbytes
+
+    pending = collections.deque((p, j) for p in range(len(self.prompts)) for j in range(K))
+    slots: list[_Slot | None] = [None] * S
+    row_of: dict[int, int] = {}
+    inserted = collections.Counter()
+    free_rows = list(range(self.store_rows))
+    self.results = [[None] * K for _ in self.prompts]
+    self.finished = [0] * len(self.prompts)
+    self.new_tokens = 0
+    dispatches = 0
+    desc = self.progress if isinstance(self.progress, str) else "sample"
+    self.bar = tqdm(total=len(self.prompts) * K, desc=desc, unit="sample",
+                    disable=not self.progress, leave=False, dynamic_ncols=True)
+    try:
+      while True:
+        inserted_now = None   # (slot assignments, their first tokens) of this round
+        free = [i for i in range(S) if slots[i] is None]
+        if free and pending:
+          batch = [pending.popleft() for _ in range(min(len(free), len(pending)))]
+          new = list(dict.fromkeys(p for p, _ in batch if p not in row_of))
+          for p in new:
+            row_of[p] = free_rows.pop()
+          store, store_logits = self._prefill_prompts(new, row_of, store, store_logits)
+          assigned = list(zip(free, batch))
+          cache, state, firsts = self._insert_pairs(assigned, row_of, cache, state, store,
+                                                    store_logits)
+          for slot, (p, j) in assigned:
+            slots[slot] = _Slot(p, j, [], [])
+            inserted[p] += 1
+            if inserted[p] == K:   # its last sample is in: the prompt's store row is free
+              free_rows.append(row_of.pop(p))
+          inserted_now = (assigned, firsts)
+        if inserted_now is None and all(sl is None for sl in slots):
+          break
+        window = self._window(slots) if any(slots) else None
+        cache, state, toks, logps, valid = s._decode(self.params, cache, state, self.dyn,
+                                                     self.spec, window)
+        dispatches += 1
+        # The first tokens (drawn at insertion) come before this dispatch's tokens.
+        if inserted_now is not None:
+          assigned, (tok0, logp0) = inserted_now
+          tok0, logp0 = np.asarray(tok0), np.asarray(logp0)
+          for i, (slot, _) in enumerate(assigned):
+            self._append(slots, slot, [int(tok0[i])], [float(logp0[i])])
+        toks, logps, valid = np.asarray(toks), np.asarray(logps), np.asarray(valid)
+        for slot in range(S):
+          if slots[slot] is not None and valid[slot].any():
+            n = int(valid[slot].sum())   # valid steps are a prefix of the dispatch
+            self._append(slots, slot, toks[slot, :n].tolist(), logps[slot, :n].tolist())
+        elapsed = time.perf_counter() - t_start
+        self.bar.set_postfix_str(f"{self.new_tokens / max(elapsed, 1e-9):.1f} tok/s",
+                                 refresh=False)
+    finally:
+      self.bar.close()
+    assert all(c is not None for r in self.results for c in r)
+    elapsed = time.perf_counter() - t_start
+    s.stats = {"seconds": elapsed, "new_tokens": self.new_tokens,
+               "tokens_per_s": self.new_tokens / max(elapsed, 1e-9), "dispatches": dispatches,
+               "cache_len": self.cache_len, "store_len": self.store_len,
+               "store_rows": self.store_rows, "kv_cache_bytes": self.kv_bytes,
+               "compilations": len(s.compilations) - compiles_before}
+    return self.results
+
+  def _prefill_prompts(self, new, row_of, store, store_logits):
+    s = self.s
+    by_len = collections.defaultdict(list)
+    for p in new:
+      by_len[self.prompt_len(len(self.prompts[p]))].append(p)
+    for t, group in sorted(by_len.items()):
+      for i in range(0, len(group), s.max_prefill_batch):
+        chunk = group[i:i + s.max_prefill_batch]
+        n = _pow2(len(chunk))
+        tokens = np.full((n, t), s.tokenizer.pad_id, np.int32)
+        lengths = np.ones((n,), np.int32)
+        rows = np.full((n,), self.store_rows, np.int32)   # out of range: dropped
+        for r, p in enumerate(chunk):
+          ids = self.prompts[p]
+          tokens[r, :len(ids)] = ids
+          lengths[r] = len(ids)
+          rows[r] = row_of[p]
+        store, store_logits = s._prefill(self.params, store, store_logits, tokens, lengths, rows)
+    return store, store_logits
+
+  def _insert_pairs(self, assigned, row_of, cache, state, store, store_logits):
+    s = self.s
+    n = min(_pow2(len(assigned)), _pow2(s.num_slots))
+    slots = np.full((n,), s.num_slots, np.int32)   # out of range: dropped
+    rows = np.zeros((n,), np.int32)
+    pkeys = np.zeros((n,), np.uint32)
+    samples = np.zeros((n,), np.uint32)
+    lengths = np.zeros((n,), np.int32)
+    for i, (slot, (p, j)) in enumerate(assigned):
+      slots[i], rows[i], pkeys[i], samples[i] = slot, row_of[p], self.pkeys[p], j
+      lengths[i] = len(self.prompts[p])
+    cache, state, tok, logp = s._insert(cache, state, store, store_logits, slots, rows, pkeys,
+                                        samples, lengths, self.seed, self.dyn, self.spec)
+    return cache, state, (tok, logp)
+
+  def _append(self, slots, slot, toks, logps):
+    sl = slots[slot]
+    sl.tokens.extend(toks)
+    sl.logprobs.extend(logps)
+    self.new_tokens += len(toks)
+    done = self._finished(sl)
+    if done is not None:
+      slots[slot] = None
+      self._complete(sl, *done)
+
+  def _finished(self, sl: _Slot):
+    """(reason, n_tokens, text) if the sample ended, else None."""
+    toks = sl.tokens
+    eos = bool(toks) and toks[-1] in self.stop_set
+    body = toks[:-1] if eos else toks
+    stops = self.sampling.stop
+    if stops:
+      dec = self.s.tokenizer.decode
+      text = dec(body)
+      start = max(0, sl.checked_text - max(len(x) for x in stops) - 8)
+      hits = [i for i in (text.find(x, start) for x in stops) if i >= 0]
+      sl.checked_text = len(text)
+      if hits:
+        cut = min(hits)
+        n = next((k for k in range(len(body) + 1) if len(dec(body[:k])) >= cut), len(body))
+        return "stop", n, text[:cut]
+    if eos:
+      return "eos", len(body), None
+    if len(toks) >= self.sampling.max_new_tokens:
+      return "length", len(toks), None
+    return None
+
+  def _complete(self, sl: _Slot, reason: str, n: int, text: str | None):
+    toks = [int(t) for t in sl.tokens[:n]]
+    if text is None:
+      text = self.s.tokenizer.decode(toks)
+    c = Completion(sl.prompt, sl.sample, toks, text, reason, float(math.fsum(sl.logprobs[:n])))
+    self.results[sl.prompt][sl.sample] = c
+    self.finished[sl.prompt] += 1
+    self.bar.update(1)
+    if self.finished[sl.prompt] == self.k and self.on_prompt_done is not None:
+      self.on_prompt_done(sl.prompt, self.results[sl.prompt])
