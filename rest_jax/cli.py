@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "(parity checks)"),
     "export": ("rest_jax.commands.export", "a Hugging Face safetensors directory from a "
                "checkpoint (or GGUF / HF dir / preset)"),
+    "train-rm": ("rest_jax.commands.train_rm", "train a reward model (transformer + scalar head) "
+                 "on (prompt, completion, reward) JSONL or a run's verified samples"),
     "tasks": ("rest_jax.commands.tasks", "list registered tasks with split sizes; "
               "`tasks show NAME` prints formatted prompts"),
 }
@@ -37,6 +39,8 @@ def import_configurables() -> None:
   import rest_jax.improve  # noqa: F401
   import rest_jax.loop  # noqa: F401
   import rest_jax.mesh  # noqa: F401
+  import rest_jax.rest_loop  # noqa: F401
+  import rest_jax.reward_training  # noqa: F401
   import rest_jax.models.config  # noqa: F401
   import rest_jax.run  # noqa: F401
   import rest_jax.sampling  # noqa: F401

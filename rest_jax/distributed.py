@@ -16,6 +16,8 @@ import dataclasses
 import logging
 import os
 import re
+import sys
+import threading
 from typing import Callable
 
 import numpy as np
@@ -116,25 +118,36 @@ def initialize(group: ProcessGroup | None = None) -> bool:
   log.info("joining process group: coordinator %s, %s processes, this is process %s "
            "(waiting up to %ds)", where, group.num_processes or "auto", group.process_id,
            group.init_timeout_s)
+  def start_failure(text: str) -> str:
+    missing = _missing_tasks(text, group.num_processes)
+    if missing:
+      detail = f"processes {missing} did not connect"
+    elif group.num_processes and group.process_id is not None:
+      others = [i for i in range(group.num_processes) if i != group.process_id]
+      detail = (f"process {others[0]} did not connect" if len(others) == 1 else
+                f"not all of processes {others} connected")
+    else:
+      detail = "not every process connected"
+    return (f"process group did not start within {group.init_timeout_s}s: coordinator "
+            f"{where}, expected {group.num_processes or 'all'} processes, this is process "
+            f"{group.process_id}; {detail}. Start every process with the same coordinator "
+            f"address and process count" + (f" ({text})" if text else ""))
+
+  # jax aborts the process when start-up times out (its coordination client has no Python
+  # error path), so the clear message is printed by a timer just before that happens.
+  watchdog = threading.Timer(max(group.init_timeout_s - 0.5, 0.1),
+                             lambda: print(f"rest-jax: {start_failure('')}", file=sys.stderr,
+                                           flush=True))
+  watchdog.daemon = True
+  watchdog.start()
   try:
     jax.distributed.initialize(**kwargs, initialization_timeout=group.init_timeout_s,
                                heartbeat_timeout_seconds=group.heartbeat_timeout_s)
   except Exception as e:  # jax raises XlaRuntimeError/RuntimeError with the service's text
-    text = str(e)
-    missing = _missing_tasks(text, group.num_processes)
-    if group.num_processes and not missing and "DEADLINE" in text.upper():
-      others = [i for i in range(group.num_processes) if i != group.process_id]
-      detail = f"at least one of processes {others} did not connect"
-    elif missing:
-      detail = f"processes {missing} did not connect"
-    else:
-      detail = "the coordinator reported an error"
-    raise DistributedError(
-        f"process group did not start within {group.init_timeout_s}s: coordinator {where}, "
-        f"expected {group.num_processes or 'all'} processes, this is process "
-        f"{group.process_id}; {detail}. Start every process with the same "
-        f"coordinator address and process count (first line of the error: "
-        f"{text.strip().splitlines()[0] if text.strip() else type(e).__name__})") from e
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DistributedError(start_failure(f"the service said: {first}")) from e
+  finally:
+    watchdog.cancel()
   log.info("process %d of %d, %d local devices of %d", jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
   return jax.process_count() > 1

@@ -22,7 +22,8 @@ def _metric(m: Mapping, split: str, key: str):
   return (m.get(split) or {}).get(key)
 
 
-def markdown(rows: Sequence[Mapping], title: str, ks: Sequence[int]) -> str:
+def markdown(rows: Sequence[Mapping], title: str, ks: Sequence[int],
+             method: str = "ReST-EM") -> str:
   """One table row per stage: base, SFT on human data, then each ReST-EM iteration."""
   kcols = [k for k in ks if k > 1]
   head = (["stage", "kept", "solved (train)", "held-out greedy", "held-out pass@1 [95% CI]"]
@@ -45,11 +46,11 @@ def markdown(rows: Sequence[Mapping], title: str, ks: Sequence[int]) -> str:
     lines.append("| " + " | ".join(cells) + " |")
   best = [r for r in rows if r.get("best")]
   if best:
-    lines += ["", f"Best ReST-EM iteration by held-out pass@1: **{best[0]['stage']}**."]
+    lines += ["", f"Best {method} iteration by held-out pass@1: **{best[0]['stage']}**."]
   return "\n".join(lines) + "\n"
 
 
-def plot(rows: Sequence[Mapping], path) -> None:
+def plot(rows: Sequence[Mapping], path, method: str = "ReST-EM") -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -61,12 +62,12 @@ def plot(rows: Sequence[Mapping], path) -> None:
                             ("greedy_pass@1", "held-out greedy", "s--")):
     ys = [_metric(r["metrics"], "heldout", key) for r in iters]
     if xs and all(y is not None for y in ys):
-      ax.plot(xs, [100 * y for y in ys], style, label=f"ReST-EM {label}")
+      ax.plot(xs, [100 * y for y in ys], style, label=f"{method} {label}")
   for r, color in zip([r for r in rows if not r["stage"].startswith("iter_")], ("gray", "C3")):
     y = _metric(r["metrics"], "heldout", "pass@1")
     if y is not None:
       ax.axhline(100 * y, color=color, linestyle=":", label=f"{r['stage']} pass@1")
-  ax.set_xlabel("ReST-EM iteration")
+  ax.set_xlabel(f"{method} iteration")
   ax.set_ylabel("accuracy (%)")
   if xs:
     ax.set_xticks(xs)

@@ -17,6 +17,11 @@ def run(workdir: str = gin.REQUIRED) -> dict:
   """Runs (or resumes) the ReST-EM loop configured by gin in `workdir`."""
   mesh = mesh_lib.create_mesh()
   log.info("mesh: %s", mesh_lib.describe(mesh))
-  loop = loop_lib.Loop(loop_lib.LoopConfig(workdir=workdir), mesh)
+  cfg = loop_lib.LoopConfig(workdir=workdir)
+  if cfg.mode == "rest":
+    from rest_jax import rest_loop  # the original ReST: reward-scored Grow, several Improves
+    loop = rest_loop.ReSTLoop(cfg, mesh)
+  else:
+    loop = loop_lib.Loop(cfg, mesh)
   loop.check_config(gin.config_str())
   return loop.run()

@@ -183,3 +183,26 @@ def test_sigterm_and_a_killed_peer_stop_the_job_and_reruns_resume(two_processes,
   # Rerunning both processes finishes with the results of an uninterrupted run.
   _run(workdir, 2, 4)
   _assert_same_run(workdir, two_processes, atol=0)
+
+
+def test_a_missing_peer_fails_start_up_with_a_clear_message(tmp_path):
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "rest_jax.cli", "run", *SMALL, f"--gin.WORKDIR='{tmp_path}'",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--process_id=0",
+         "--init_timeout=5"]
+  t0 = time.time()
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  # jax ends the process itself (an abort) once the start-up deadline passes; the message
+  # naming the coordinator and the absent process comes just before.
+  assert out.returncode != 0, out.stderr[-2000:]
+  assert time.time() - t0 < 90
+  assert (f"process group did not start within 5s: coordinator 127.0.0.1:{port}, expected 2 "
+          "processes, this is process 0; process 1 did not connect") in out.stderr, (
+              out.stderr[-2000:])
+  # Half a set of flags is refused before anything starts.
+  out = subprocess.run([sys.executable, "-m", "rest_jax.cli", "run", *SMALL,
+                        f"--gin.WORKDIR='{tmp_path}'", "--num_processes=2"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1 and "--process_id" in out.stderr, out.stderr[-2000:]

@@ -189,7 +189,11 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """tokens [B, L] -> logits [B, L, V] (float32), and the updated KV cache if one is given."""
+  """tokens [B, L] -> logits [B, L, V] (float32), and the updated KV cache if one is given.
+
+  With `return_hidden=True` the first output is instead the final-normed hidden states
+  [B, L, D] (what a reward model's scalar head reads); the vocabulary projection is skipped.
+  """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False):
     self.config = cfg
@@ -209,7 +213,7 @@ class Transformer(nnx.Module):
                             cfg.param_dtype, cfg.embed_dim ** -0.5)
 
   def __call__(self, tokens_BxL, positions_BxL=None, *, segment_ids_BxL=None,
-               cache: KVCache | None = None):
+               cache: KVCache | None = None, return_hidden: bool = False):
     cfg = self.config
     dt = jnp.dtype(cfg.dtype)
     if positions_BxL is None:
@@ -237,6 +241,9 @@ class Transformer(nnx.Module):
     x, new_kv = jax.lax.scan(body, x, (layer_state, consts, cache_kv))
 
     x = self.final_norm(x)
+    new_cache = None if cache is None else KVCache(*new_kv)
+    if return_hidden:
+      return mesh_lib.constrain(x, ("batch", "length", "embed")), new_cache
     if cfg.tie_embeddings:
       logits = jnp.einsum("bld,vd->blv", x, self.embed[...].astype(dt))
     else:
@@ -245,5 +252,4 @@ class Transformer(nnx.Module):
     if cfg.final_logit_softcap:
       logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
     logits = mesh_lib.constrain(logits, ("batch", "length", "vocab"))
-    new_cache = None if cache is None else KVCache(*new_kv)
     return logits, new_cache

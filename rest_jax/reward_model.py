@@ -1,0 +1,246 @@
+"""The reward model: the policy's transformer with a scalar head, and batched scoring on the mesh.
+
+A reward model is the `Transformer` (same config, same layers, its own copy of the weights)
+whose final-normed hidden state at each sequence's last real token (the EOS after the
+completion, which has read the whole prompt + completion) goes through a linear head to one
+scalar. Parameters are one pytree::
+
+  {"backbone": nnx.State (the Transformer's params), "head": {"w": [embed], "b": []}}
+
+so the backbone shards exactly like the policy and the head follows `embed`.
+
+Sequences are tokenised as the sampler and SFT see them (`tasks.sft`): `[bos] + prompt +
+completion + [eos]`, right-padded; too long ones keep their end (where the answer is).
+What a score means depends on the training loss (`meta["loss"]`): `bce` scores are
+sigmoid probabilities of passing in [0, 1]; `mse` scores regress the label; `pairwise` scores
+are Bradley-Terry logits (only differences within a prompt mean anything).
+
+A checkpoint (`save`/`load`) is an orbax directory of `rest_jax.checkpoints.CheckpointManager`
+whose meta holds the model config and tokenizer (self-contained, like policy checkpoints)
+plus `reward_model` (loss, sequence length, training statistics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from flax import nnx
+from tqdm.auto import tqdm
+
+from rest_jax import checkpoints as ckpt_lib
+from rest_jax import mesh as mesh_lib
+from rest_jax import tokenizers as tokenizers_lib
+from rest_jax.models import loading
+from rest_jax.models import params as params_lib
+from rest_jax.models.config import ModelConfig
+from rest_jax.models.weights import WeightsError
+from rest_jax.tasks import sft as sft_lib
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("bce", "mse", "pairwise")
+
+
+@dataclasses.dataclass
+class RewardModel:
+  """A reward model ready to score: `score_batch(graphdef, params, tokens, lengths)`."""
+
+  config: ModelConfig
+  graphdef: Any          # the backbone Transformer's graphdef
+  params: dict           # {"backbone": nnx.State, "head": {"w", "b"}}
+  tokenizer: Any
+  meta: dict             # {"loss": ..., "seq_len": ..., ...}
+
+  @property
+  def loss(self) -> str:
+    return self.meta.get("loss", "bce")
+
+  @property
+  def seq_len(self) -> int:
+    return int(self.meta.get("seq_len") or self.config.max_seq_len)
+
+
+def param_shardings(mesh, params: dict) -> dict:
+  """Backbone as the policy's params; the head's `w` follows `embed`, its bias replicates."""
+  w = params["head"]["w"]
+  return {"backbone": params_lib.shardings(mesh, params["backbone"]),
+          "head": {"w": mesh_lib.logical_sharding(mesh, ("embed",), w.shape),
+                   "b": mesh_lib.replicated(mesh)}}
+
+
+def abstract(mesh, params: dict):
+  """ShapeDtypeStructs with shardings: a restore target for `params` on `mesh`."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      params, param_shardings(mesh, params))
+
+
+def from_policy(graphdef, backbone_params, config: ModelConfig, tokenizer, mesh, *,
+                loss: str = "bce", seq_len: int = 256) -> RewardModel:
+  """A fresh reward model whose backbone starts as a copy of `backbone_params` (a policy's
+  weights: the paper initialises the reward model from the pretrained model) and whose head
+  starts at zero (every score 0 before training). The copy matters: training donates its
+  buffers and must never free the policy's."""
+  if loss not in LOSSES:
+    raise ValueError(f"reward model loss {loss!r}: expected one of {LOSSES}")
+  d = config.embed_dim
+  head = {"w": jnp.zeros((d,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+  params = {"backbone": backbone_params, "head": head}
+  sh = param_shardings(mesh, params)
+  with jax.set_mesh(mesh):
+    params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sh)(params)
+  return RewardModel(config, graphdef, params, tokenizer,
+                     {"loss": loss, "seq_len": int(min(seq_len, config.max_seq_len))})
+
+
+def raw_scores(graphdef, params: dict, tokens_BxL, lengths_B):
+  """The head's output [B] (float32) at each row's last real token (index length - 1)."""
+  model = nnx.merge(graphdef, params["backbone"])
+  hidden_BxLxD, _ = model(tokens_BxL, return_hidden=True)
+  idx = jnp.clip(lengths_B - 1, 0, tokens_BxL.shape[1] - 1)
+  last_BxD = jnp.take_along_axis(hidden_BxLxD, idx[:, None, None], axis=1)[:, 0]
+  head = params["head"]
+  return last_BxD.astype(jnp.float32) @ head["w"].astype(jnp.float32) + head["b"]
+
+
+def transform(raw, loss: str):
+  """Raw head output -> the score users see (probability for `bce`)."""
+  return jax.nn.sigmoid(raw) if loss == "bce" else raw
+
+
+def encode_pair(tokenizer, prompt: str, completion: str, max_len: int) -> list[int]:
+  """`[bos] + prompt + completion + [eos]`, keeping the last `max_len` tokens."""
+  ids = sft_lib.encode_prompt(tokenizer, prompt) + sft_lib.encode_completion(tokenizer,
+                                                                             completion)
+  return ids[-max_len:]
+
+
+def bucket_len(n: int, cap: int) -> int:
+  """Padded length: the next power of two (at least 32), at most `cap`: few compilations."""
+  b = 32
+  while b < n:
+    b *= 2
+  return min(b, cap)
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], length: int, rows: int, pad_id: int):
+  """(tokens [rows, length] int32, lengths [rows] int32); missing rows have length 1."""
+  tokens = np.full((rows, length), pad_id, np.int32)
+  lengths = np.ones((rows,), np.int32)
+  for i, s in enumerate(seqs):
+    tokens[i, :len(s)] = s
+    lengths[i] = max(1, len(s))
+  return tokens, lengths
+
+
+class RewardScorer:
+  """Scores (prompt, completion) pairs in batches with one jitted, explicitly sharded function.
+
+  Batches are sorted by length (less padding), padded to a multiple of the devices on the
+  batch axes and to a power-of-two length, and split over `batch` like the sampler's rows.
+  """
+
+  def __init__(self, rm: RewardModel, mesh, *, batch_size: int = 64):
+    self.rm = rm
+    self.mesh = mesh
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    self.batch_size = max(shards, -(-batch_size // shards) * shards)
+    self._fns: dict = {}
+
+  def _fn(self, length: int):
+    if length not in self._fns:
+      rm = self.rm
+      fn = jax.jit(lambda p, t, n: transform(raw_scores(rm.graphdef, p, t, n), rm.loss),
+                   in_shardings=(param_shardings(self.mesh, rm.params),
+                                 mesh_lib.batch_sharding(self.mesh, 2),
+                                 mesh_lib.batch_sharding(self.mesh, 1)),
+                   out_shardings=mesh_lib.batch_sharding(self.mesh, 1))
+      self._fns[length] = fn
+    return self._fns[length]
+
+  def score_tokens(self, seqs: Sequence[Sequence[int]], desc: str | None = "score") -> np.ndarray:
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = np.zeros((len(seqs),), np.float32)
+    pad = self.rm.tokenizer.pad_id if self.rm.tokenizer.pad_id is not None else 0
+    bar = tqdm(total=len(seqs), desc=desc, unit="sample", leave=False, disable=desc is None)
+    for start in range(0, len(order), self.batch_size):
+      idx = order[start:start + self.batch_size]
+      batch = [seqs[i] for i in idx]
+      length = bucket_len(max(len(s) for s in batch), self.rm.seq_len)
+      tokens, lengths = pad_batch(batch, length, self.batch_size, pad)
+      with jax.set_mesh(self.mesh):
+        scores = self._fn(length)(self.rm.params, tokens, lengths)
+      out[idx] = np.asarray(jax.device_get(scores))[:len(idx)]
+      bar.update(len(idx))
+    bar.close()
+    return out
+
+  def score(self, prompts: Sequence[str], completions: Sequence[str],
+            desc: str | None = "score") -> np.ndarray:
+    """[N] float32 scores of `completions[i]` as an answer to `prompts[i]`."""
+    if len(prompts) != len(completions):
+      raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    tok = self.rm.tokenizer
+    seqs = [encode_pair(tok, p, c, self.rm.seq_len) for p, c in zip(prompts, completions)]
+    return self.score_tokens(seqs, desc)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save(rm: RewardModel, directory, *, source: str = "") -> str:
+  """Writes `rm` as checkpoint 0 of `directory` (replacing a half-written one) and waits."""
+  directory = epath.Path(directory)
+  if directory.exists():
+    # A run killed after the commit but before its state mark leaves step 0 behind.
+    directory.rmtree()
+  meta = {"model_config": loading.config_to_dict(rm.config),
+          "tokenizer": tokenizers_lib.to_json_dict(rm.tokenizer),
+          "model_source": source, "reward_model": rm.meta}
+  with ckpt_lib.CheckpointManager(directory) as m:
+    m.save(0, params=rm.params, meta=meta)
+    m.wait()
+  return str(directory)
+
+
+def _step_dir(path) -> tuple[epath.Path, int]:
+  """(manager directory, step) for a step directory or a directory of steps (the latest)."""
+  p = epath.Path(path)
+  if (p / "params").exists() and (p / "meta").exists() and p.name.isdigit():
+    return p.parent, int(p.name)
+  steps = [int(c.name) for c in p.iterdir() if c.name.isdigit()
+           and (c / "params").exists()] if p.is_dir() else []
+  if not steps:
+    raise WeightsError(f"{path}: not a reward model checkpoint (no step directory with "
+                       "params/ and meta/); train one with `rest-jax train-rm`")
+  return p, max(steps)
+
+
+def load(path, mesh) -> RewardModel:
+  """A reward model checkpoint written by `save` (or `rest-jax train-rm`), onto `mesh`."""
+  directory, step = _step_dir(path)
+  meta_path = directory / str(step) / "meta" / "metadata"
+  try:
+    meta = json.loads(meta_path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise WeightsError(f"{meta_path}: cannot read the checkpoint's meta item: {e}") from e
+  if "reward_model" not in meta:
+    raise WeightsError(f"{path}: a checkpoint, but not of a reward model (its meta has no "
+                       "'reward_model'; policy checkpoints go in --model / LoopConfig.model)")
+  cfg = loading.config_from_dict(meta["model_config"])
+  tokenizer = tokenizers_lib.from_json_dict(meta["tokenizer"])
+  graphdef, backbone = params_lib.abstract_params(cfg)
+  params = {"backbone": backbone,
+            "head": {"w": jax.ShapeDtypeStruct((cfg.embed_dim,), jnp.float32),
+                     "b": jax.ShapeDtypeStruct((), jnp.float32)}}
+  with ckpt_lib.CheckpointManager(directory) as m:
+    try:
+      restored = m.restore_params(step, abstract(mesh, params))
+    except (KeyError, ValueError) as e:
+      raise WeightsError(f"{path}: cannot restore the reward model: {e}") from e
+  return RewardModel(cfg, graphdef, restored, tokenizer, dict(meta["reward_model"]))
