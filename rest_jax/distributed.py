@@ -118,6 +118,7 @@ def initialize(group: ProcessGroup | None = None) -> bool:
   log.info("joining process group: coordinator %s, %s processes, this is process %s "
            "(waiting up to %ds)", where, group.num_processes or "auto", group.process_id,
            group.init_timeout_s)
+
   def start_failure(text: str) -> str:
     missing = _missing_tasks(text, group.num_processes)
     if missing:
