@@ -317,10 +317,14 @@ class Loop:
 
   # --- driver --------------------------------------------------------------------------
 
+  def _num_iterations(self) -> int:
+    """How many `iter_NNN` stages the run has (the report's rows)."""
+    return self.cfg.iterations
+
   def report_rows(self) -> list[dict]:
     rows = []
     for stage in ["iter_000", "sft_human"] + [f"iter_{i:03d}" for i in
-                                               range(1, self.cfg.iterations + 1)]:
+                                               range(1, self._num_iterations() + 1)]:
       path = self.wd.root / stage / "metrics.json"
       if path.exists():
         m = workdir_lib.read_json(path)

@@ -282,16 +282,8 @@ class ReSTLoop(loop_lib.Loop):
   def _before_stages(self) -> list[str]:
     return ["iter_000"] + (["sft_human"] if self.cfg.sft_baseline else [])
 
-  def run(self) -> dict:
-    try:
-      return self._run()
-    finally:
-      if self.pool is not None:
-        self.pool.close()
-
   def _run(self) -> dict:
     c, r = self.cfg, self.rest
-    self._setup()
     self._base_stage()
     self._evaluate("iter_000", self.base_params, {})
     self._report()
@@ -326,18 +318,8 @@ class ReSTLoop(loop_lib.Loop):
 
   # --- report --------------------------------------------------------------------------
 
-  def report_rows(self) -> list[dict]:
-    rows = []
-    for stage in ["iter_000", "sft_human"] + [f"iter_{t:03d}" for t in
-                                               range(1, self.num_steps + 1)]:
-      path = self.wd.root / stage / "metrics.json"
-      if path.exists():
-        m = workdir_lib.read_json(path)
-        rows.append({"stage": "base" if stage == "iter_000" else stage, "metrics": m,
-                     "counts": m.get("counts"), "times": m.get("times"),
-                     "best": self.state.best_iteration is not None
-                     and stage == f"iter_{self.state.best_iteration:03d}"})
-    return rows
+  def _num_iterations(self) -> int:
+    return self.num_steps   # iter_TTT counts Improve steps over all Grows
 
   def _report(self):
     if not self.is_writer:
