@@ -90,3 +90,17 @@ def test_optimizer_schedule_warmup_and_decay_errors():
     sizes.append(float(abs(updates["w"][0])))
   assert sizes[0] == 0.0 and sizes[4] == pytest.approx(1.0, rel=1e-3)
   assert sizes[9] < sizes[5] < sizes[4]
+
+
+def test_token_nll_and_its_gradient_match_log_softmax():
+  rng = np.random.default_rng(3)
+  logits = (rng.normal(size=(2, 5, 11)) * 30).astype(np.float32)   # large: tests stability
+  targets = rng.integers(0, 11, (2, 5)).astype(np.int32)
+  shifted = logits - logits.max(-1, keepdims=True)
+  logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  want = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  np.testing.assert_allclose(training.token_nll(logits, targets), want, rtol=1e-5, atol=1e-5)
+  # d(sum nll)/d logits = softmax - onehot
+  grad = jax.grad(lambda x: training.token_nll(x, targets).sum())(logits)
+  want_grad = np.exp(logp) - np.eye(11, dtype=np.float32)[targets]
+  np.testing.assert_allclose(grad, want_grad, atol=1e-5)
