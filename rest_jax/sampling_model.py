@@ -186,11 +186,12 @@ def _decode_attention(attn, x_Bx1xD, pos_B, inv_freq, layer_window, ck, cv, laye
 
 
 def decode_step(graphdef, params, cache: DecodeCache, tokens_B, positions_B,
-                window: int | None = None):
+                window: int | None = None, unroll: int | bool = 1):
   """Feeds one token per row at its position; returns (logits [B, V] float32, cache).
 
   `window` (static) limits attention to the first `window` cache entries: every row's
-  position must be below it. Rows are independent: a row's result never depends on another.
+  position must be below it. `unroll` is the layer scan's unroll factor (`True`: all layers).
+  Rows are independent: a row's result never depends on another.
   """
   model = nnx.merge(graphdef, params)
   cfg = model.config
@@ -214,5 +215,5 @@ def decode_step(graphdef, params, cache: DecodeCache, tokens_B, positions_B,
     return (x, ck, cv), None
 
   xs = (layer_state, inv_freqs, windows, jnp.arange(cfg.num_layers, dtype=jnp.int32))
-  (x, ck, cv), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs)
+  (x, ck, cv), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs, unroll=unroll)
   return _head(model, x)[:, 0], DecodeCache(ck, cv)

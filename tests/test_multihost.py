@@ -14,17 +14,12 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 from etils import epath
 
-from rest_jax import checkpoints as ckpt_lib
-from rest_jax import mesh as mesh_lib
-from rest_jax.models import PRESETS, abstract_params
-from rest_jax.models import params as params_lib
+import run_helpers as rh
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
     "--gin_file=runs/demo.gin",
     "--gin.LoopConfig.iterations=1", "--gin.LoopConfig.num_train_prompts=32",
@@ -62,7 +57,7 @@ def _launch(workdir, nproc: int, devices: int, stdout=subprocess.PIPE) -> list:
     if nproc > 1:
       cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={nproc}",
               f"--process_id={i}", "--heartbeat_timeout=15"]
-    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout,
+    procs.append(subprocess.Popen(cmd, cwd=rh.REPO, env=env, stdout=stdout,
                                   stderr=subprocess.PIPE, text=True))
   return procs
 
@@ -81,24 +76,6 @@ def _run(workdir, nproc, devices):
     assert rc == 0, f"process {i}: exit {rc}\n{err[-3000:]}"
 
 
-def _params(workdir, stage):
-  cfg = PRESETS["tiny"]
-  mesh = mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1])
-  _, abstract = abstract_params(cfg)
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        abstract, params_lib.shardings(mesh, abstract))
-  with ckpt_lib.CheckpointManager(epath.Path(workdir) / "checkpoints" / stage) as m:
-    return [np.asarray(x) for x in jax.tree.leaves(m.restore_params(0, target))]
-
-
-def _metrics(workdir, stage):
-  m = json.loads((epath.Path(workdir) / stage / "metrics.json").read_text())
-  m.pop("times", None)
-  for k in ("sample_s", "verify_s", "tokens_per_s", "verdicts_per_s"):
-    m.get("counts", {}).pop(k, None)
-  return m
-
-
 def _kept(workdir):
   rows = [json.loads(line) for line in
           (epath.Path(workdir) / "iter_001" / "kept.jsonl").read_text().splitlines()]
@@ -110,8 +87,8 @@ def _kept(workdir):
 def _assert_same_run(a, b, atol):
   assert _kept(a) == _kept(b)
   for stage in STAGES:
-    assert _metrics(a, stage) == _metrics(b, stage), stage
-  for x, y in zip(_params(a, "iter_001"), _params(b, "iter_001")):
+    assert rh.metrics(a, stage) == rh.metrics(b, stage), stage
+  for x, y in zip(rh.checkpoint_params(a, "iter_001"), rh.checkpoint_params(b, "iter_001")):
     np.testing.assert_allclose(x, y, atol=atol, rtol=0)
 
 
@@ -195,7 +172,7 @@ def test_a_missing_peer_fails_start_up_with_a_clear_message(tmp_path):
          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--process_id=0",
          "--init_timeout=5"]
   t0 = time.time()
-  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  out = subprocess.run(cmd, cwd=rh.REPO, env=env, capture_output=True, text=True, timeout=120)
   # jax ends the process itself (an abort) once the start-up deadline passes; the message
   # naming the coordinator and the absent process comes just before.
   assert out.returncode != 0, out.stderr[-2000:]
@@ -205,6 +182,6 @@ def test_a_missing_peer_fails_start_up_with_a_clear_message(tmp_path):
               out.stderr[-2000:])
   # Half a set of flags is refused before anything starts.
   out = subprocess.run([sys.executable, "-m", "rest_jax.cli", "run", *SMALL,
-                        f"--gin.WORKDIR='{tmp_path}'", "--num_processes=2"], cwd=REPO, env=env,
+                        f"--gin.WORKDIR='{tmp_path}'", "--num_processes=2"], cwd=rh.REPO, env=env,
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 1 and "--process_id" in out.stderr, out.stderr[-2000:]

@@ -105,13 +105,13 @@ def test_prefill_and_decode_step_equal_full_forward(family):
 # ----------------------------------------------------------------------------- greedy
 
 
-@pytest.mark.parametrize("family,window_quantum", [("llama", None), ("gemma3", None),
-                                                   ("llama", 16)])
-def test_greedy_generate_equals_argmax_of_full_forwards(family, window_quantum):
+@pytest.mark.parametrize("family,window_quantum,unroll", [
+    ("llama", None, 1), ("gemma3", None, 1), ("llama", 16, 1), ("gemma3", None, True)])
+def test_greedy_generate_equals_argmax_of_full_forwards(family, window_quantum, unroll):
   cfg, graphdef, params = _model(family)
   tok = _WordTokenizer(cfg.vocab_size)
   sampler = Sampler(graphdef, cfg, tok, _one_device_mesh(), num_slots=4, steps_per_dispatch=3,
-                    window_quantum=window_quantum, **BUCKETS)
+                    window_quantum=window_quantum, layer_unroll=unroll, **BUCKETS)
   prompts = [[5, 9, 2], [7] * 13, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
   sampling = SamplingParams(temperature=0.0, max_new_tokens=12)
   out = sampler.generate(params, prompts, num_samples=2, sampling=sampling, seed=0)

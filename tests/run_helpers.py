@@ -1,0 +1,78 @@
+"""Running `rest-jax run` in a subprocess, killing it, and reading back what it left."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+from etils import epath
+
+from rest_jax import checkpoints as ckpt_lib
+from rest_jax import mesh as mesh_lib
+from rest_jax.models import PRESETS, abstract_params
+from rest_jax.models import params as params_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Timings: they differ between any two runs.
+_TIMING_COUNTS = ("sample_s", "verify_s", "tokens_per_s", "verdicts_per_s")
+
+
+def run_cmd(flags, workdir) -> list[str]:
+  return [sys.executable, "-m", "rest_jax.cli", "run", *flags, f"--gin.WORKDIR='{workdir}'"]
+
+
+def two_device_env() -> dict:
+  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+
+
+def run(flags, workdir):
+  out = subprocess.run(run_cmd(flags, workdir), cwd=REPO, capture_output=True, text=True,
+                       env=two_device_env(), timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def kill_when(flags, workdir, marker, rng) -> bool:
+  """Starts the run, SIGKILLs it a random moment after `marker(workdir)` turns true.
+
+  Returns whether the run was still going when killed.
+  """
+  proc = subprocess.Popen(run_cmd(flags, workdir), cwd=REPO, env=two_device_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    if marker(epath.Path(workdir)):
+      time.sleep(rng.uniform(0.0, 0.3))
+      break
+    time.sleep(0.05)
+  finished = proc.poll() is not None
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return not finished
+
+
+def checkpoint_params(workdir, stage) -> list[np.ndarray]:
+  """The params of the tiny preset saved under checkpoints/<stage>, as numpy leaves."""
+  mesh = mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1])
+  _, abstract = abstract_params(PRESETS["tiny"])
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract, params_lib.shardings(mesh, abstract))
+  with ckpt_lib.CheckpointManager(epath.Path(workdir) / "checkpoints" / stage) as m:
+    return [np.asarray(x) for x in jax.tree.leaves(m.restore_params(0, target))]
+
+
+def read_json(workdir, name):
+  return json.loads((epath.Path(workdir) / name).read_text())
+
+
+def metrics(workdir, stage) -> dict:
+  """<stage>/metrics.json without its timings."""
+  m = read_json(workdir, f"{stage}/metrics.json")
+  m.pop("times", None)
+  for k in _TIMING_COUNTS:
+    m.get("counts", {}).pop(k, None)
+  return m
