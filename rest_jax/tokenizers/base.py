@@ -194,6 +194,22 @@ class _VocabTokenizer:
             "add_bos": self.add_bos, "chat_template": self.chat_template,
             "extra_stop_ids": list(self._extra_stop_ids), "source": self.source}
 
+  def _save_hf_config(self, out_dir: str, model_max_length: int | None,
+                      tokenizer_class: str | None) -> list[str]:
+    """Writes transformers' `tokenizer_config.json` and `special_tokens_map.json`."""
+    special = {k: v for k, v in self.special_tokens.items() if v is not None}
+    config = {**special, "add_bos_token": self.add_bos, "add_eos_token": False,
+              "clean_up_tokenization_spaces": False}
+    if tokenizer_class:
+      config["tokenizer_class"] = tokenizer_class
+    if model_max_length:
+      config["model_max_length"] = int(model_max_length)
+    if self.chat_template:
+      config["chat_template"] = self.chat_template
+    _write_text(os.path.join(out_dir, "tokenizer_config.json"), json.dumps(config, indent=2))
+    _write_text(os.path.join(out_dir, "special_tokens_map.json"), json.dumps(special, indent=2))
+    return ["tokenizer_config.json", "special_tokens_map.json"]
+
   def __repr__(self):
     return (f"{type(self).__name__}(vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
             f"eos_id={self.eos_id}, source={self.source!r})")

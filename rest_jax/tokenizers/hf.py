@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Mapping, Sequence
 
@@ -95,14 +94,5 @@ class HFTokenizer(_VocabTokenizer):
           single=f"{b}:0 $A:0", pair=f"{b}:0 $A:0 {b}:1 $B:1",
           special_tokens=[(b, self.bos_token_id)])
     _write_text(os.path.join(out_dir, "tokenizer.json"), tok.to_str())
-    special = {k: v for k, v in self.special_tokens.items() if v is not None}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", **special,
-              "add_bos_token": self.add_bos, "add_eos_token": False,
-              "clean_up_tokenization_spaces": False}
-    if model_max_length:
-      config["model_max_length"] = int(model_max_length)
-    if self.chat_template:
-      config["chat_template"] = self.chat_template
-    _write_text(os.path.join(out_dir, "tokenizer_config.json"), json.dumps(config, indent=2))
-    _write_text(os.path.join(out_dir, "special_tokens_map.json"), json.dumps(special, indent=2))
-    return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+    return ["tokenizer.json", *self._save_hf_config(out_dir, model_max_length,
+                                                     "PreTrainedTokenizerFast")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 from typing import Mapping, Sequence
@@ -11,7 +10,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rest_jax.tokenizers.base import (TokenizerError, _VocabTokenizer, _common_kwargs,
-                                      _read_hf_tokenizer_config, _write_text)
+                                      _read_hf_tokenizer_config)
 
 
 class SentencePieceTokenizer(_VocabTokenizer):
@@ -125,15 +124,4 @@ class SentencePieceTokenizer(_VocabTokenizer):
     out_dir = str(out_dir)
     with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
       f.write(self.model_proto)
-    special = {k: v for k, v in self.special_tokens.items() if v is not None}
-    config = {**special, "add_bos_token": self.add_bos, "add_eos_token": False,
-              "clean_up_tokenization_spaces": False}
-    if tokenizer_class:
-      config["tokenizer_class"] = tokenizer_class
-    if model_max_length:
-      config["model_max_length"] = int(model_max_length)
-    if self.chat_template:
-      config["chat_template"] = self.chat_template
-    _write_text(os.path.join(out_dir, "tokenizer_config.json"), json.dumps(config, indent=2))
-    _write_text(os.path.join(out_dir, "special_tokens_map.json"), json.dumps(special, indent=2))
-    return ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"]
+    return ["tokenizer.model", *self._save_hf_config(out_dir, model_max_length, tokenizer_class)]
