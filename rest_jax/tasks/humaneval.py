@@ -66,17 +66,9 @@ def humaneval_task(*,
                    prompt_format: PromptFormat | None = None,
                    tokenizer=None) -> base.RestTask:
   """HumanEval's 164 problems, hash-split into train/test."""
-  cache = {}
-
-  def load_split(split):
-    if "all" not in cache:
-      cache["all"] = _load_all()
-    problems = cache["all"]
-    idx = base.hash_split([p.id for p in problems], num_test, salt="humaneval")[split]
-    return [problems[i] for i in idx]
-
   return base.RestTask(
-      "humaneval", verifier=base.CODE_VERIFIER, load_split=load_split,
+      "humaneval", verifier=base.CODE_VERIFIER,
+      load_split=base.hash_split_loader(_load_all, num_test, salt="humaneval"),
       prompt_defaults=TaskPromptDefaults(
           style="raw", num_shots=0, instruction=INSTRUCTION,
           chat_question_template="```python\n{question}```",

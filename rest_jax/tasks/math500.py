@@ -86,17 +86,9 @@ def math500_task(*,
                  prompt_format: PromptFormat | None = None,
                  tokenizer=None) -> base.RestTask:
   """MATH-500 (311 English problems with integer answers), hash-split into train/test."""
-  cache = {}
-
-  def load_split(split):
-    if "all" not in cache:
-      cache["all"] = _load_all()
-    problems = cache["all"]
-    idx = base.hash_split([p.id for p in problems], num_test, salt="math500")[split]
-    return [problems[i] for i in idx]
-
   return base.RestTask(
-      "math500", verifier=base.MATH_VERIFIER, load_split=load_split,
+      "math500", verifier=base.MATH_VERIFIER,
+      load_split=base.hash_split_loader(_load_all, num_test, salt="math500"),
       prompt_defaults=TaskPromptDefaults(style="plain", num_shots=4, instruction=INSTRUCTION),
       prompt_format=prompt_format, exemplars=FEWSHOT, tokenizer=tokenizer,
       description="MATH-500 competition math (\\boxed{} answers)",

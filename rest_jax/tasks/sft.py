@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
