@@ -19,7 +19,6 @@ import time
 
 import gin
 import jax
-from etils import epath
 
 from rest_jax import checkpoints as ckpt_lib
 from rest_jax import distributed as dist
@@ -288,24 +287,41 @@ class Loop:
         workdir_lib.write_json(counts_path, {"counts": counts, "times": times})
         self.metrics.write(i, counts, phase="generate")
       self._mark(f"{stage}/filter")
+    counts, times = self._improve_on_kept(
+        stage, i, {"iteration": i},
+        init=lambda: self.base_params if c.restart_from_base else self.policy(i - 1),
+        examples=sft_examples_from_kept,
+        none_kept="no sample passed the verifier ({counts}); the policy solves nothing at this "
+                  "difficulty: use an easier task setting, more samples per prompt, or a "
+                  "stronger base model")
+    return self._evaluate(stage, lambda: self.policy(i), {"counts": counts, "times": times})
+
+  def _improve_on_kept(self, stage: str, index: int, meta: dict, *, init, examples,
+                       none_kept: str) -> tuple[dict, dict]:
+    """STAGE's Improve phase on its filtered `kept.jsonl`, unless `state.json` marks it done.
+
+    `init()` gives the params to start from, `examples(kept)` the SFT examples, and
+    `none_kept` (formatted with `counts`) the error when nothing was kept. The policy of
+    iteration `index` becomes the result. Returns STAGE's recorded (counts, times).
+    """
+    kept_path = self.wd.root / stage / "kept.jsonl"
+    counts_path = self.wd.root / stage / "counts.json"
     recorded = workdir_lib.read_json(counts_path)
     counts, times = recorded["counts"], recorded["times"]
-    if not self.state.is_done(f"{stage}/improve"):
-      kept = parse_kept_lines(kept_path.read_text().splitlines(), source=str(kept_path))
-      if not kept:
-        raise RuntimeError(f"{stage}: no sample passed the verifier ({counts}); the policy "
-                           "solves nothing at this difficulty: use an easier task setting, more "
-                           "samples per prompt, or a stronger base model")
-      init = self.base_params if c.restart_from_base else self.policy(i - 1)
-      t0 = time.time()
-      params, tstats = self._improve(stage, init, sft_examples_from_kept(kept), seed=c.seed + i)
-      self._save_params(stage, params, {"iteration": i, **tstats})
-      times["improve"] = round(time.time() - t0, 1)
-      if self.is_writer:
-        workdir_lib.write_json(counts_path, {"counts": counts, "times": times, "train": tstats})
-      self._mark(f"{stage}/improve")
-      self._policy = (i, params)
-    return self._evaluate(stage, lambda: self.policy(i), {"counts": counts, "times": times})
+    if self.state.is_done(f"{stage}/improve"):
+      return counts, times
+    kept = parse_kept_lines(kept_path.read_text().splitlines(), source=str(kept_path))
+    if not kept:
+      raise RuntimeError(f"{stage}: " + none_kept.format(counts=counts))
+    t0 = time.time()
+    params, tstats = self._improve(stage, init(), examples(kept), seed=self.cfg.seed + index)
+    self._save_params(stage, params, {**meta, **tstats})
+    times["improve"] = round(time.time() - t0, 1)
+    if self.is_writer:
+      workdir_lib.write_json(counts_path, {"counts": counts, "times": times, "train": tstats})
+    self._mark(f"{stage}/improve")
+    self._policy = (index, params)
+    return counts, times
 
   def policy(self, i: int):
     """The params after iteration i (0: the base), loaded from its checkpoint if needed."""

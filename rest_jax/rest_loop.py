@@ -29,7 +29,7 @@ from rest_jax import distributed as dist
 from rest_jax import loop as loop_lib
 from rest_jax import report, rest_schedule, reward_model, reward_training, rewards, rm_metrics
 from rest_jax import workdir as workdir_lib
-from rest_jax.tasks.kept import parse_kept_lines, sft_examples_from_kept
+from rest_jax.tasks.kept import sft_examples_from_kept
 
 log = logging.getLogger(__name__)
 
@@ -211,26 +211,18 @@ class ReSTLoop(loop_lib.Loop):
         workdir_lib.write_json(counts_path, {"counts": counts, "times": {}})
         self.metrics.write(t, counts, phase="filter")
       self._mark(f"{stage}/filter")
-    recorded = workdir_lib.read_json(counts_path)
-    counts, times = recorded["counts"], recorded["times"]
-    if not self.state.is_done(f"{stage}/improve"):
-      kept = parse_kept_lines(kept_path.read_text().splitlines(), source=str(kept_path))
-      if not kept:
-        raise RuntimeError(f"{stage}: no sample reaches the threshold {value} "
-                           f"({r.threshold_mode}); lower ReSTConfig.thresholds or min_score")
+
+    def weighted(kept):
       weights = rest_schedule.example_weights([k.extra["score"] for k in kept], r.loss, scores)
-      examples = [dataclasses.replace(e, weight=w)
-                  for e, w in zip(sft_examples_from_kept(kept), weights)]
-      t0 = time.time()
-      # Warm start: each Improve step continues from the previous one's policy.
-      params, tstats = self._improve(stage, self.policy(t - 1), examples, seed=c.seed + t)
-      self._save_params(stage, params, {"iteration": t, "grow": g, "improve_step": s,
-                                        **tstats})
-      times["improve"] = round(time.time() - t0, 1)
-      if self.is_writer:
-        workdir_lib.write_json(counts_path, {"counts": counts, "times": times, "train": tstats})
-      self._mark(f"{stage}/improve")
-      self._policy = (t, params)
+      return [dataclasses.replace(e, weight=w)
+              for e, w in zip(sft_examples_from_kept(kept), weights)]
+
+    # Warm start: each Improve step continues from the previous one's policy.
+    counts, times = self._improve_on_kept(
+        stage, t, {"iteration": t, "grow": g, "improve_step": s},
+        init=lambda: self.policy(t - 1), examples=weighted,
+        none_kept=f"no sample reaches the threshold {value} ({r.threshold_mode}); lower "
+                  "ReSTConfig.thresholds or min_score")
     self._evaluate(stage, lambda: self.policy(t), {"counts": counts, "times": times})
     return self._best_of_n(stage)
 

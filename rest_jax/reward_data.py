@@ -17,15 +17,14 @@ Every bad line is reported with its file and line number; nothing is skipped sil
 from __future__ import annotations
 
 import glob
-import json
 import os
 from typing import Sequence
 
 from etils import epath
 
+from rest_jax import jsonl_parse
 from rest_jax.reward_training import RMExample
 
-_MAX_REPORTED = 20
 
 
 class RewardDataError(ValueError):
@@ -61,14 +60,7 @@ def read_file(path) -> list[RMExample]:
   except (OSError, UnicodeDecodeError) as e:
     raise RewardDataError(f"{path}: cannot read: {e}") from e
   out, errors = [], []
-  for n, line in enumerate(text.splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      errors.append(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})")
-      continue
+  for n, obj in jsonl_parse.json_objects(text.splitlines(), str(path), errors):
     problem = _check(obj)
     if problem:
       errors.append(f"{path}:{n}: {problem}")
@@ -77,10 +69,7 @@ def read_file(path) -> list[RMExample]:
     pid = obj.get("prompt_id")
     out.append(RMExample(prompt=obj["prompt"], completion=obj["completion"], score=float(score),
                          group=str(pid) if pid is not None else obj["prompt"]))
-  if errors:
-    more = len(errors) - _MAX_REPORTED
-    shown = errors[:_MAX_REPORTED] + ([f"... and {more} more"] if more > 0 else [])
-    raise RewardDataError(f"{len(errors)} malformed line(s):\n" + "\n".join(shown))
+  jsonl_parse.raise_if_errors(errors, RewardDataError, "line(s)")
   return out
 
 

@@ -22,19 +22,18 @@ seeded hash (`test_fraction` or `num_test`), see `base.hash_split`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import gin
 from etils import epath
 
+from rest_jax import jsonl_parse
 from rest_jax.tasks import base
 from rest_jax.tasks.prompts import Exemplar, PromptFormat, TaskPromptDefaults
 
 MATH_INSTRUCTION = ("Solve the problem step by step. Put the final answer in \\boxed{}.")
 CODE_INSTRUCTION = ("Solve the programming problem in Python. Reply with the complete program "
                     "in a ```python code block.")
-_MAX_REPORTED_ERRORS = 20
 _USER_PREFIX = "user JSONL: "
 _KNOWN = ("id", "prompt", "answer", "tests", "solution")
 
@@ -105,16 +104,9 @@ def read_problems(path) -> tuple[str, list[base.RawProblem]]:
   errors, rows = [], []
   first_kind = None  # (kind, line) of the first good line
   seen: dict[str, int] = {}
+  hint = '; expected one object per line like {"id": ..., "prompt": ..., "answer": ...}'
   with path.open("r") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        errors.append(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); expected "
-                      "one object per line like {\"id\": ..., \"prompt\": ..., \"answer\": ...}")
-        continue
+    for lineno, obj in jsonl_parse.json_objects(f, str(path), errors, hint):
       problem, fields = _parse_line(obj)
       if problem:
         errors.append(f"{path}:{lineno}: {problem}")
@@ -134,10 +126,7 @@ def read_problems(path) -> tuple[str, list[base.RawProblem]]:
           id=fields["id"], question=fields["question"], reference=fields["reference"],
           solution=fields["solution"],
           meta={**fields["meta"], "source": f"{path}:{lineno}"}))
-  if errors:
-    more = len(errors) - _MAX_REPORTED_ERRORS
-    shown = errors[:_MAX_REPORTED_ERRORS] + ([f"... and {more} more"] if more > 0 else [])
-    raise base.TaskDataError(f"{len(errors)} malformed line(s) in {path}:\n" + "\n".join(shown))
+  jsonl_parse.raise_if_errors(errors, base.TaskDataError, f"line(s) in {path}")
   if not rows:
     raise base.TaskDataError(f"{path}: no problems (the file is empty)")
   return first_kind[0], rows

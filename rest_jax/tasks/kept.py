@@ -13,13 +13,13 @@ its line number; nothing is skipped silently. Imports no TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Iterable, Mapping, Sequence
 
 from etils import epath
 
+from rest_jax import jsonl_parse
+
 _REQUIRED = ("prompt_id", "prompt", "completion", "reward", "sample_idx")
-_MAX_REPORTED_ERRORS = 20
 
 
 class KeptDataError(ValueError):
@@ -81,14 +81,7 @@ def _check_line(obj: Any) -> str | None:
 def parse_kept_lines(lines: Iterable[str], source: str = "<lines>") -> list[KeptSample]:
   """Parses kept-sample JSON lines; raises `KeptDataError` listing every bad line."""
   out, errors = [], []
-  for lineno, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue  # blank lines (a trailing newline) carry no sample.
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      errors.append(f"{source}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
-      continue
+  for lineno, obj in jsonl_parse.json_objects(lines, source, errors):
     problem = _check_line(obj)
     if problem:
       errors.append(f"{source}:{lineno}: {problem}")
@@ -98,10 +91,7 @@ def parse_kept_lines(lines: Iterable[str], source: str = "<lines>") -> list[Kept
     out.append(KeptSample(prompt_id=str(obj["prompt_id"]), prompt=obj["prompt"],
                           completion=obj["completion"], reward=float(obj["reward"]),
                           sample_idx=obj["sample_idx"], tokens=tokens, extra=extra))
-  if errors:
-    more = len(errors) - _MAX_REPORTED_ERRORS
-    shown = errors[:_MAX_REPORTED_ERRORS] + ([f"... and {more} more"] if more > 0 else [])
-    raise KeptDataError(f"{len(errors)} malformed kept-sample line(s):\n" + "\n".join(shown))
+  jsonl_parse.raise_if_errors(errors, KeptDataError, "kept-sample line(s)")
   return out
 
 
