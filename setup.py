@@ -30,6 +30,7 @@ RUNTIME = [
 TEST = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "import-linter>=2.1",
     "psutil>=5.9",
     # Reference implementations, used only by parity tests and benchmarks.
     "torch==2.13.0",

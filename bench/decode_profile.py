@@ -57,9 +57,9 @@ def main():
 
   sys.path.insert(0, REPO)
   import jax
-  from rest_jax import mesh as mesh_lib
+  from rest_jax.runtime import mesh as mesh_lib
   from rest_jax.models.loading import load_model
-  from rest_jax.sampling import Sampler, SamplingParams
+  from rest_jax.sampling.sampler import Sampler, SamplingParams
 
   print(json.dumps({"command": "python " + " ".join(sys.argv), "date": str(datetime.date.today()),
                     "device": jax.devices()[0].device_kind, "jax": jax.__version__}))

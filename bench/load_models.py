@@ -39,7 +39,7 @@ def main(argv=None) -> int:
   import numpy as np
   from flax import nnx
 
-  from rest_jax import mesh as mesh_lib
+  from rest_jax.runtime import mesh as mesh_lib
   from rest_jax.models.gguf_import import GGUFModel
   from rest_jax.models.loading import packaged_gguf
   from rest_jax.models.weights import check_vocab, stream_params

@@ -93,9 +93,9 @@ def run_ours(args, data) -> list[dict]:
   import jax
   import numpy as np
   sys.path.insert(0, REPO)
-  from rest_jax import mesh as mesh_lib
+  from rest_jax.runtime import mesh as mesh_lib
   from rest_jax.models.loading import load_model
-  from rest_jax.sampling import Sampler, SamplingParams
+  from rest_jax.sampling.sampler import Sampler, SamplingParams
 
   mesh = mesh_lib.create_mesh((1, -1, 1))
   loaded = load_model(args.preset, mesh, dtype=args.dtype)
@@ -153,7 +153,7 @@ def run_ours(args, data) -> list[dict]:
 
 def roofline(args, loaded, mesh, param_bytes, device) -> dict:
   """Batch-1 decode step time against the bytes one step must read."""
-  from rest_jax.sampling import Sampler
+  from rest_jax.sampling.sampler import Sampler
   sampler = Sampler(loaded.graphdef, loaded.config, loaded.tokenizer, mesh, num_slots=1,
                     steps_per_dispatch=args.steps_per_dispatch, cache_dtype=args.cache_dtype)
   per_step, cache_bytes = sampler.time_decode(loaded.params, cache_len=args.roofline_cache_len,

@@ -17,9 +17,9 @@ import time
 import jax
 import numpy as np
 
-from rest_jax import mesh as mesh_lib
-from rest_jax import train_state as state_lib
-from rest_jax import training
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.training import state as state_lib
+from rest_jax.training import step as training
 from rest_jax.models import PRESETS, init_params
 
 # bf16 dense peak by device kind, for MFU.

@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module, imported only when that command runs (so `--help`
 stays fast); the module provides `add_arguments(parser)` and `main(args) -> int`. Configured
-jobs take t5x-style gin flags; this file and `gin_flags.py` are the only gin parsers.
+jobs take t5x-style gin flags; this file and `commands/gin_flags.py` are the only gin parsers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Sequence
 
-from rest_jax import gin_flags
+from rest_jax.commands import gin_flags
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,16 +36,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def import_configurables() -> None:
   """Modules that define gin configurables must be imported before parsing."""
-  import rest_jax.improve  # noqa: F401
-  import rest_jax.loop  # noqa: F401
-  import rest_jax.mesh  # noqa: F401
-  import rest_jax.rest_loop  # noqa: F401
-  import rest_jax.reward_training  # noqa: F401
+  import rest_jax.training.improve  # noqa: F401
+  import rest_jax.loop.rest_em  # noqa: F401
+  import rest_jax.runtime.mesh  # noqa: F401
+  import rest_jax.loop.rest  # noqa: F401
+  import rest_jax.rewards.training  # noqa: F401
   import rest_jax.models.config  # noqa: F401
-  import rest_jax.run  # noqa: F401
-  import rest_jax.sampling  # noqa: F401
+  import rest_jax.loop.run  # noqa: F401
+  import rest_jax.sampling.sampler  # noqa: F401
   import rest_jax.tasks  # noqa: F401
-  import rest_jax.training  # noqa: F401
+  import rest_jax.training.step  # noqa: F401
 
 
 def configure_gin(args) -> None:

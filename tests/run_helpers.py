@@ -11,8 +11,8 @@ import jax
 import numpy as np
 from etils import epath
 
-from rest_jax import checkpoints as ckpt_lib
-from rest_jax import mesh as mesh_lib
+from rest_jax.runtime import checkpoints as ckpt_lib
+from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.models import PRESETS, abstract_params
 from rest_jax.models import params as params_lib
 

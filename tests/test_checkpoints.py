@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from helpers import to_np
-from rest_jax import checkpoints as ckpt_lib
-from rest_jax import mesh as mesh_lib
-from rest_jax import train_state as state_lib
-from rest_jax import training
+from rest_jax.runtime import checkpoints as ckpt_lib
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.training import state as state_lib
+from rest_jax.training import step as training
 from rest_jax.models import PRESETS, init_params
 
 CFG = PRESETS["tiny"].replace(num_layers=2)

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from rest_jax import cli, gin_flags
+from rest_jax import cli
+from rest_jax.commands import gin_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.gin"), recursive=True))

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from rest_jax import evaluation, filtering
+from rest_jax.loop import evaluation
+from rest_jax.loop import filtering
 
 
 def _brute_pass_at_k(n, c, k):

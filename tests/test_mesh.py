@@ -2,7 +2,7 @@ import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rest_jax import mesh as mesh_lib
+from rest_jax.runtime import mesh as mesh_lib
 
 
 def test_eight_simulated_devices():

@@ -6,7 +6,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from helpers import family_configs, perturb, to_np
-from rest_jax import mesh as mesh_lib
+from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.models import PRESETS, KVCache, abstract_params, init_params, param_count
 from rest_jax.models import params as params_lib
 

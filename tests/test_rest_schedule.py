@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from rest_jax import rest_schedule, rewards, rm_metrics
+from rest_jax.loop import rest_schedule
+from rest_jax.rewards import sources as rewards
+from rest_jax.rewards import metrics as rm_metrics
 
 
 def _rows(num_prompts=6, k=8, seed=0):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from helpers import perturb, to_np
-from rest_jax import mesh as mesh_lib
-from rest_jax import reward_model, reward_training
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.rewards import model as reward_model
+from rest_jax.rewards import training as reward_training
 from rest_jax.models import PRESETS
 from rest_jax.models import params as params_lib
 from rest_jax.tasks.arithmetic import arithmetic_task

@@ -9,11 +9,11 @@ import pytest
 from flax import nnx
 
 from helpers import family_configs, perturb, to_np
-from rest_jax import mesh as mesh_lib
-from rest_jax import sampling_model
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.sampling import forward as sampling_model
 from rest_jax.models import init_params
 from rest_jax.models import params as params_lib
-from rest_jax.sampling import Completion, Sampler, SamplingParams
+from rest_jax.sampling.sampler import Completion, Sampler, SamplingParams
 from rest_jax.tokenizers import ByteTokenizer
 
 FAMILIES = family_configs()

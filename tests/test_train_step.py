@@ -4,9 +4,9 @@ import optax
 import pytest
 
 from helpers import to_np
-from rest_jax import mesh as mesh_lib
-from rest_jax import train_state as state_lib
-from rest_jax import training
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.training import state as state_lib
+from rest_jax.training import step as training
 from rest_jax.models import PRESETS, init_params
 from rest_jax.models import params as params_lib
 

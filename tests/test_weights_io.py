@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import family_configs, to_np
-from rest_jax import mesh as mesh_lib
+from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.commands import export as export_cmd
 from rest_jax.commands import logprobs as logprobs_cmd
 from rest_jax.models import params as params_lib

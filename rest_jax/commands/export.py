@@ -21,7 +21,7 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-  from rest_jax import mesh as mesh_lib
+  from rest_jax.runtime import mesh as mesh_lib
   from rest_jax.models.hf_export import export_hf
   from rest_jax.models.loading import load_model
   from rest_jax.models.weights import WeightsError

@@ -32,7 +32,7 @@ def token_logprobs(loaded, ids) -> np.ndarray:
   import jax.numpy as jnp
   from flax import nnx
 
-  from rest_jax import mesh as mesh_lib
+  from rest_jax.runtime import mesh as mesh_lib
   tokens = np.asarray(ids, np.int32)[None, :]
   mesh = jax.tree.leaves(loaded.params)[0].sharding.mesh
 
@@ -69,7 +69,7 @@ def logprobs_json(loaded, text: str, *, chat: bool = False, add_bos: bool = True
 
 
 def main(args) -> int:
-  from rest_jax import mesh as mesh_lib
+  from rest_jax.runtime import mesh as mesh_lib
   from rest_jax.models.loading import load_model
   from rest_jax.models.weights import WeightsError
   from rest_jax.tokenizers import TokenizerError

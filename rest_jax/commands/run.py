@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from rest_jax import gin_flags
+from rest_jax.commands import gin_flags
 
 
 def add_arguments(parser):
@@ -32,8 +32,8 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-  from rest_jax import distributed as dist
-  from rest_jax import preemption
+  from rest_jax.runtime import distributed as dist
+  from rest_jax.runtime import preemption
   try:
     # Before anything initialises a JAX backend.
     dist.initialize(dist.ProcessGroup.from_env(
@@ -46,8 +46,8 @@ def main(args) -> int:
   preemption.install()
   from rest_jax import cli
   cli.configure_gin(args)
-  from rest_jax import loop as loop_lib
-  from rest_jax import run as run_lib
+  from rest_jax.loop import rest_em as loop_lib
+  from rest_jax.loop import run as run_lib
   from rest_jax.models.weights import WeightsError
   from rest_jax.tasks import TaskDataError
   try:

@@ -57,8 +57,8 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 
 
 def main(args) -> int:
-  from rest_jax import mesh as mesh_lib
-  from rest_jax import sampling
+  from rest_jax.runtime import mesh as mesh_lib
+  from rest_jax.sampling import sampler as sampling
   from rest_jax.models.loading import load_model
 
   mesh = mesh_lib.create_mesh(_mesh_shape(args.mesh))

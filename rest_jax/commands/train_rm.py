@@ -47,7 +47,7 @@ def _fail(msg: str) -> int:
 def main(args) -> int:
   import os
 
-  from rest_jax import reward_data
+  from rest_jax.rewards import data as reward_data
   from rest_jax.commands.sample import _mesh_shape
 
   for name in ("steps", "batch_size", "seq_len"):
@@ -62,8 +62,9 @@ def main(args) -> int:
   except reward_data.RewardDataError as e:
     return _fail(str(e))
 
-  from rest_jax import mesh as mesh_lib
-  from rest_jax import reward_model, reward_training
+  from rest_jax.runtime import mesh as mesh_lib
+  from rest_jax.rewards import model as reward_model
+  from rest_jax.rewards import training as reward_training
   from rest_jax.models.loading import load_model
   from rest_jax.models.weights import WeightsError
   from rest_jax.tokenizers import TokenizerError

@@ -16,7 +16,7 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-  from rest_jax import generate
+  from rest_jax.loop import generate
   from rest_jax import verifiers
   lookup = None
   if args.task:

@@ -7,7 +7,7 @@
   (`tiny`, ...) is randomly initialised with `seed` (`tiny` uses the byte tokenizer);
 * a `.gguf` file (config and tokenizer from its metadata);
 * a Hugging Face directory (`config.json` + `*.safetensors`, tokenizer files beside them);
-* an orbax checkpoint written by `rest_jax.checkpoints.CheckpointManager`: a step directory
+* an orbax checkpoint written by `rest_jax.runtime.checkpoints.CheckpointManager`: a step directory
   (`.../checkpoints/iter_001`) or the manager's directory (its latest step).
 
 Weights always stream onto the mesh shard by shard (see `weights.py`, orbax restores shards
@@ -35,7 +35,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from rest_jax import mesh as mesh_lib
+from rest_jax.runtime import mesh as mesh_lib
 from rest_jax import tokenizers as tokenizers_lib
 from rest_jax.models import params as params_lib
 from rest_jax.models.config import PRESETS, ModelConfig, RopeScaling
@@ -93,7 +93,7 @@ def model_meta(loaded: LoadedModel) -> dict:
 def save_model_checkpoint(loaded: LoadedModel, directory, step: int = 0, *,
                           prefix: str | None = None, meta: dict | None = None) -> None:
   """Saves `loaded` as checkpoint `step` under `directory` (waits until it is committed)."""
-  from rest_jax import checkpoints
+  from rest_jax.runtime import checkpoints
   with checkpoints.CheckpointManager(directory, prefix=prefix) as manager:
     manager.save(step, params=loaded.params, meta={**(meta or {}), **model_meta(loaded)})
     manager.wait()
@@ -219,7 +219,7 @@ def load_checkpoint(path: str, mesh=None, *, dtype: str | None = None,
   import orbax.checkpoint as ocp
   from etils import epath
 
-  from rest_jax import checkpoints
+  from rest_jax.runtime import checkpoints
   step_dir = _checkpoint_step_dir(path)
   if step_dir is None:
     raise WeightsError(f"{path}: not an orbax checkpoint (no step directory with params/ and "

@@ -2,7 +2,7 @@
 
 Layers are stored stacked (a leading `layers` axis) and run with `jax.lax.scan`, so a model
 compiles once per shape whatever its depth. Every parameter carries logical axis names in its
-`logical_axes` metadata; `mesh.py` turns them into shardings.
+`logical_axes` metadata; `runtime/mesh.py` turns them into shardings.
 
 Attention takes an optional KV cache. Cache slot s holds absolute position s of its row, so a
 row can be refilled with a new prompt at any time (continuous batching): entries past the
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rest_jax import mesh as mesh_lib
+from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.models.config import ModelConfig
 
 _NEG_INF = -1e30

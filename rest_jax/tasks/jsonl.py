@@ -27,7 +27,7 @@ from typing import Any
 import gin
 from etils import epath
 
-from rest_jax import jsonl_parse
+from rest_jax.tasks import jsonl_parse
 from rest_jax.tasks import base
 from rest_jax.tasks.prompts import Exemplar, PromptFormat, TaskPromptDefaults
 

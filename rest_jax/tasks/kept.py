@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from etils import epath
 
-from rest_jax import jsonl_parse
+from rest_jax.tasks import jsonl_parse
 
 _REQUIRED = ("prompt_id", "prompt", "completion", "reward", "sample_idx")
 

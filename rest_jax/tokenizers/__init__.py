@@ -31,6 +31,7 @@ import numpy as np
 from rest_jax.tokenizers.base import (ByteTokenizer, Tokenizer, TokenizerError,
                                       plain_chat_template, render_chat_template)
 from rest_jax.tokenizers.gguf import _bytes_to_unicode, from_gguf_metadata
+from rest_jax.tokenizers.gguf_file import GGUFFile, GGUFFormatError
 from rest_jax.tokenizers.hf import HFTokenizer
 from rest_jax.tokenizers.spm import SentencePieceTokenizer
 
@@ -50,8 +51,11 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         return load_tokenizer(os.path.join(path, name))
     raise TokenizerError(f"{path}: no tokenizer.json or tokenizer.model in this directory")
   if path.endswith(".gguf"):
-    from rest_jax.models.gguf_import import GGUFModel
-    return from_gguf_metadata(GGUFModel(path).tokenizer_metadata(), path)
+    try:
+      metadata = GGUFFile(path).tokenizer_metadata()
+    except GGUFFormatError as e:
+      raise TokenizerError(str(e)) from e
+    return from_gguf_metadata(metadata, path)
   if path.endswith(".json"):
     return HFTokenizer.from_file(path)
   if path.endswith(".model"):

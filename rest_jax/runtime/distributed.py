@@ -216,19 +216,14 @@ def my_items(count: int) -> list[int]:
 def local_mesh(global_mesh):
   """A mesh over this process's devices, for work each process does on its own (sampling).
 
-  The same as `global_mesh` for one process. Otherwise the tensor axis is kept when it fits
-  in one host, and the rest of the local devices go to fsdp.
+  The same as `global_mesh` for one process; see `mesh.local_mesh` otherwise.
   """
   import jax
 
-  from rest_jax import mesh as mesh_lib
+  from rest_jax.runtime import mesh as mesh_lib
   if process_count() == 1:
     return global_mesh
-  devices = jax.local_devices()
-  tensor = global_mesh.shape.get("tensor", 1)
-  if len(devices) % tensor:
-    tensor = 1
-  return mesh_lib.create_mesh((1, len(devices) // tensor, tensor), devices)
+  return mesh_lib.local_mesh(global_mesh, jax.local_devices())
 
 
 def to_local_mesh(params, mesh, shardings_fn: Callable):

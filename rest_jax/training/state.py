@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rest_jax import mesh as mesh_lib
+from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.models import params as params_lib
 
 

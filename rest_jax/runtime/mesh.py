@@ -121,6 +121,20 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
 
 
+def batch_shards(mesh: Mesh) -> int:
+  """How many pieces the `batch` dimension is split into (the data-parallel size)."""
+  return math.prod(mesh.shape[a] for a in LOGICAL_AXIS_RULES["batch"])
+
+
+def local_mesh(global_mesh: Mesh, devices: Sequence[Any]) -> Mesh:
+  """A mesh over `devices` (one host's) shaped like `global_mesh` where it fits: its tensor
+  parallelism is kept when the devices divide by it, the rest goes to fsdp."""
+  tensor = global_mesh.shape.get("tensor", 1)
+  if len(devices) % tensor:
+    tensor = 1
+  return create_mesh((1, len(devices) // tensor, tensor), devices)
+
+
 def describe(mesh: Mesh) -> str:
   return " x ".join(f"{n}={s}" for n, s in mesh.shape.items())
 

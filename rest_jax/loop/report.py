@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 
 from etils import epath
 
-from rest_jax import workdir as workdir_lib
+from rest_jax.runtime import workdir as workdir_lib
 
 
 def _fmt(v, ci=None) -> str:

@@ -22,8 +22,8 @@ from typing import Sequence
 
 from etils import epath
 
-from rest_jax import jsonl_parse
-from rest_jax.reward_training import RMExample
+from rest_jax.tasks import jsonl_parse
+from rest_jax.rewards.training import RMExample
 
 
 

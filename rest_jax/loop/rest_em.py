@@ -20,16 +20,20 @@ import time
 import gin
 import jax
 
-from rest_jax import checkpoints as ckpt_lib
-from rest_jax import distributed as dist
-from rest_jax import evaluation, filtering, generate, improve, report
-from rest_jax import workdir as workdir_lib
+from rest_jax.runtime import checkpoints as ckpt_lib
+from rest_jax.runtime import distributed as dist
+from rest_jax.loop import evaluation
+from rest_jax.loop import filtering
+from rest_jax.loop import generate
+from rest_jax.training import improve
+from rest_jax.loop import report
+from rest_jax.runtime import workdir as workdir_lib
 from rest_jax.models import loading
 from rest_jax.models import params as params_lib
-from rest_jax.sampling import Sampler, SamplingParams
+from rest_jax.sampling.sampler import Sampler, SamplingParams
 from rest_jax.tasks import get_task
 from rest_jax.tasks.kept import SFTExample, parse_kept_lines, sft_examples_from_kept
-from rest_jax.telemetry import MetricsLog
+from rest_jax.runtime.telemetry import MetricsLog
 from rest_jax.verifiers import VerifierPool
 
 log = logging.getLogger(__name__)

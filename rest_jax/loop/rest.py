@@ -25,10 +25,15 @@ import time
 import gin
 import numpy as np
 
-from rest_jax import distributed as dist
-from rest_jax import loop as loop_lib
-from rest_jax import report, rest_schedule, reward_model, reward_training, rewards, rm_metrics
-from rest_jax import workdir as workdir_lib
+from rest_jax.runtime import distributed as dist
+from rest_jax.loop import rest_em as loop_lib
+from rest_jax.loop import report
+from rest_jax.loop import rest_schedule
+from rest_jax.rewards import model as reward_model
+from rest_jax.rewards import training as reward_training
+from rest_jax.rewards import sources as rewards
+from rest_jax.rewards import metrics as rm_metrics
+from rest_jax.runtime import workdir as workdir_lib
 from rest_jax.tasks.kept import sft_examples_from_kept
 
 log = logging.getLogger(__name__)
@@ -46,7 +51,7 @@ class ReSTConfig:
     quantiles of the Grow's scores (`quantile`).
   min_score: a floor under every threshold (None: none).
   loss: 'bc' (behaviour cloning on the kept samples) or 'reward_weighted'.
-  reward: 'reward_model', 'verifier', or 'package.module:function' (see rewards.py).
+  reward: 'reward_model', 'verifier', or 'package.module:function' (see rewards/sources.py).
   reward_model: a reward model checkpoint (`rest-jax train-rm`); None trains one on Grow 1's
     verifier labels (`RewardTrainConfig` sets its budget).
   best_of_n: evaluate best-of-k by the reward (k in LoopConfig.eval_ks) on the held-out

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rest_jax import mesh as mesh_lib
-from rest_jax import train_state as state_lib
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.training import state as state_lib
 
 BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
               "decoder_segment_ids", "decoder_positions")

@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from rest_jax import distributed as dist
-from rest_jax import preemption
-from rest_jax import workdir as workdir_lib
+from rest_jax.runtime import distributed as dist
+from rest_jax.runtime import preemption
+from rest_jax.runtime import workdir as workdir_lib
 from rest_jax.tasks import sft as sft_lib
 
 log = logging.getLogger(__name__)

@@ -50,13 +50,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rest_jax import mesh as mesh_lib
-from rest_jax import sampling_filters as filters
-from rest_jax import sampling_model
-from rest_jax import sampling_scheduler as sched
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.sampling import filters
+from rest_jax.sampling import forward as sampling_model
+from rest_jax.sampling import scheduler as sched
 from rest_jax.models.config import ModelConfig
-from rest_jax.sampling_model import DecodeCache
-from rest_jax.sampling_scheduler import MAX_STOP_IDS, Completion
+from rest_jax.sampling.forward import DecodeCache
+from rest_jax.sampling.scheduler import MAX_STOP_IDS, Completion
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 `Run` keeps the queue of pending pairs (prompt-major), prefills each prompt once into the
 prompt store, inserts pairs into free slots, dispatches decode steps, appends the tokens they
 return, checks EOS and stop strings on the host, and hands finished completions back. The device
-programs it calls (`_prefill`, `_insert`, `_decode`) belong to `rest_jax.sampling.Sampler`.
+programs it calls (`_prefill`, `_insert`, `_decode`) belong to `rest_jax.sampling.sampler.Sampler`.
 """
 
 from __future__ import annotations
@@ -12,16 +12,13 @@ import collections
 import dataclasses
 import math
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from rest_jax.sampling_model import DecodeCache
-
-if TYPE_CHECKING:
-  from rest_jax.sampling import Sampler
+from rest_jax.sampling.forward import DecodeCache
 
 MAX_STOP_IDS = 8
 
@@ -30,7 +27,7 @@ MAX_STOP_IDS = 8
 class Completion:
   prompt_index: int     # position of the prompt in the input list
   sample_index: int     # j in 0..K-1
-  tokens: list[int]     # generated ids, without the EOS id; cut at a stop string (see `rest_jax.sampling`)
+  tokens: list[int]     # generated ids, without the EOS id; cut at a stop string (see `rest_jax.sampling.sampler`)
   text: str             # decoded `tokens`, cut exactly before a stop string
   finish_reason: str    # 'eos' | 'stop' | 'length'
   logprob_sum: float    # sum of raw model log-probabilities (temperature 1, unfiltered) of tokens
@@ -57,9 +54,10 @@ class _Slot:
 
 
 class Run:
-  """One `Sampler.generate` call."""
+  """One `Sampler.generate` call (`sampler` is that Sampler; the scheduler does not import it,
+  so the dependency runs one way)."""
 
-  def __init__(self, sampler: Sampler, params, prompts, prompt_keys, num_samples, sampling,
+  def __init__(self, sampler, params, prompts, prompt_keys, num_samples, sampling,
                spec, seed, progress, on_prompt_done):
     self.s, self.params, self.prompts, self.pkeys = sampler, params, prompts, prompt_keys
     self.k, self.sampling, self.spec, self.on_prompt_done = num_samples, sampling, spec, on_prompt_done

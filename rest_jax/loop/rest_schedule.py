@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from rest_jax.filtering import normalize_text
+from rest_jax.loop.filtering import normalize_text
 
 MODES = ("absolute", "quantile")
 LOSSES = ("bc", "reward_weighted")

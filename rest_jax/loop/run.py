@@ -6,8 +6,8 @@ import logging
 
 import gin
 
-from rest_jax import loop as loop_lib
-from rest_jax import mesh as mesh_lib
+from rest_jax.loop import rest_em as loop_lib
+from rest_jax.runtime import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rest_jax import mesh as mesh_lib
-from rest_jax import reward_model as rm_lib
-from rest_jax import rm_metrics
-from rest_jax import train_state as state_lib
-from rest_jax import training
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.rewards import model as rm_lib
+from rest_jax.rewards import metrics as rm_metrics
+from rest_jax.training import state as state_lib
+from rest_jax.training import step as training
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def train(rm: rm_lib.RewardModel, examples: Sequence[RMExample], mesh,
   train_ex = [examples[i] for i in train_idx]
   seqs = [rm_lib.encode_pair(rm.tokenizer, e.prompt, e.completion, rm.seq_len)
           for e in train_ex]
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  shards = mesh_lib.batch_shards(mesh)
   per_batch = cfg.batch_size * (2 if cfg.loss == "pairwise" else 1)
   rows = -(-per_batch // shards) * shards
   pad = rm.tokenizer.pad_id if rm.tokenizer.pad_id is not None else 0

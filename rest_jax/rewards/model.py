@@ -15,7 +15,7 @@ What a score means depends on the training loss (`meta["loss"]`): `bce` scores a
 sigmoid probabilities of passing in [0, 1]; `mse` scores regress the label; `pairwise` scores
 are Bradley-Terry logits (only differences within a prompt mean anything).
 
-A checkpoint (`save`/`load`) is an orbax directory of `rest_jax.checkpoints.CheckpointManager`
+A checkpoint (`save`/`load`) is an orbax directory of `rest_jax.runtime.checkpoints.CheckpointManager`
 whose meta holds the model config and tokenizer (self-contained, like policy checkpoints)
 plus `reward_model` (loss, sequence length, training statistics).
 """
@@ -34,8 +34,8 @@ from etils import epath
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rest_jax import checkpoints as ckpt_lib
-from rest_jax import mesh as mesh_lib
+from rest_jax.runtime import checkpoints as ckpt_lib
+from rest_jax.runtime import mesh as mesh_lib
 from rest_jax import tokenizers as tokenizers_lib
 from rest_jax.models import loading
 from rest_jax.models import params as params_lib
@@ -149,7 +149,7 @@ class RewardScorer:
   def __init__(self, rm: RewardModel, mesh, *, batch_size: int = 64):
     self.rm = rm
     self.mesh = mesh
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    shards = mesh_lib.batch_shards(mesh)
     self.batch_size = max(shards, -(-batch_size // shards) * shards)
     self._fns: dict = {}
 

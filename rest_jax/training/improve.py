@@ -3,7 +3,7 @@
 Restart-from-base or warm-start is the caller's choice of `init_params`. Progress is
 checkpointed every `checkpoint_every` steps (train state + data iterator position), so a
 killed run resumes at the same step with the same batches and gets the same params; after
-SIGTERM the phase checkpoints the step it is at and stops (`rest_jax.preemption`). With several
+SIGTERM the phase checkpoints the step it is at and stops (`rest_jax.runtime.preemption`). With several
 processes each feeds its slice of every global batch.
 """
 
@@ -19,12 +19,12 @@ import gin
 import jax
 from tqdm.auto import tqdm
 
-from rest_jax import checkpoints as ckpt_lib
-from rest_jax import distributed as dist
-from rest_jax import mesh as mesh_lib
-from rest_jax import preemption
-from rest_jax import train_state as state_lib
-from rest_jax import training
+from rest_jax.runtime import checkpoints as ckpt_lib
+from rest_jax.runtime import distributed as dist
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.runtime import preemption
+from rest_jax.training import state as state_lib
+from rest_jax.training import step as training
 from rest_jax.tasks import sft as sft_lib
 from rest_jax.tasks.sft_iterator import SFTIterator
 

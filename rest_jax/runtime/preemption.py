@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 
-from rest_jax import distributed as dist
+from rest_jax.runtime import distributed as dist
 
 log = logging.getLogger(__name__)
 

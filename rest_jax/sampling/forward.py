@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rest_jax import mesh as mesh_lib
+from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.models.config import ModelConfig
 from rest_jax.models.transformer import KVCache, apply_rope
 
