@@ -29,7 +29,7 @@ MATH_PAIRS = [
     # fractions and decimals
     ("\\frac{1}{2}", "\\frac12", T), ("\\dfrac{1}{2}", "\\frac{1}{2}", T), ("\\tfrac{1}{2}", "0.5", T),
     ("1/2", "\\frac{1}{2}", T), ("\\frac{2}{4}", "\\frac{1}{2}", T), ("-\\frac{1}{2}", "\\frac{-1}{2}", T),
-    ("\\frac{-1}{2}", "-0.5", T), ("0.1", "\\frac{1}{10}", T), ("0.333333", "\\frac13", T),
+    ("\\frac{-1}{2}", "-0.5", T), ("0.1", "\\frac{1}{10}", T), ("0.333333", "\\frac13", F),
     ("\\frac{1}{3}", "0.333", F), ("0.33", "\\frac{1}{3}", F), ("\\frac{1}{3}", "\\frac{1}{2}", F),
     ("\\frac{3}{4}", "\\frac{4}{3}", F),
     # radicals
@@ -82,6 +82,49 @@ MATH_PAIRS = [
 @pytest.mark.parametrize("prediction,reference,equal", GSM8K_PAIRS + MATH_PAIRS)
 def test_answer_pairs(prediction, reference, equal):
   assert answers_equal(prediction, reference) is equal
+
+
+NINES_41 = "9" * 41  # 10^41 - 1, which a float cannot tell from 1e41
+
+# Numbers compare exactly: every written form of a value, and near-misses in the last digit.
+EXACT_NUMBER_PAIRS = [
+    # integers of any size
+    (NINES_41, "1e41", F), ("1" + "0" * 41, "1e41", T), (NINES_41, "9" * 40 + "8", F),
+    (f"{10**41 - 1:,}", NINES_41, T), (str(10**41), "10^{41}", T), (str(10**41 + 1), "10^{41}", F),
+    ("10^{41}-1", NINES_41, T), ("10^{41}-1", "10^{41}", F), ("-" + NINES_41, NINES_41, F),
+    # decimals and fractions
+    ("0.5", "1/2", T), ("0.5", "\\frac{1}{2}", T), ("1,000", "1000", T),
+    ("1/3", "0.3333333333", F), ("\\frac{1}{3}", "0.3333333333", F), ("0.3333333333", "1/3", F),
+    ("1.0000000000000001", "1", F), ("1.00000000000000000000", "1", T),
+    ("0.30000000000000004", "0.3", F), ("3 \\times 10^{-1}", "0.3", T),
+    ("1.1 \\times 10^{1}", "11", T),
+    ("0.1", "1/10", T), ("0.7", "\\frac{7}{10}", T), ("0.70000001", "\\frac{7}{10}", F),
+    # scientific notation in its usual written forms
+    ("1e3", "1000", T), ("1E+3", "1000", T), ("1×10^3", "1000", T),
+    ("1 \\times 10^{3}", "1000", T), ("1\\cdot 10^{3}", "1000", T), ("10^{3}", "1000", T),
+    ("10^3", "1e3", T), ("1e41", "10^{41}", T),
+    ("1.5e-3", "0.0015", T), ("1.5e-3", "1.5 \\times 10^{-3}", T), ("2.5 \\times 10^{2}", "250", T),
+    ("-2.5 \\times 10^{2}", "-250", T), ("1.5 · 10^{+3}", "1500", T),
+    ("1e3", "1001", F), ("1E+3", "999", F), ("1×10^3", "1001", F),
+    ("1 \\times 10^{3}", "10^{4}", F),
+    ("1.5e-3", "0.0016", F), ("2.5 \\times 10^{2}", "251", F), ("-2.5 \\times 10^{2}", "250", F),
+    ("1.0000000000000001e3", "1000", F),
+    # inside tuples and sets
+    ("(1 \\times 10^{3}, 0.5)", "(1000, \\frac{1}{2})", T), ("\\{1e3, 2\\}", "\\{2, 1001\\}", F),
+    (f"({NINES_41}, 1)", "(1e41, 1)", F),
+]
+
+
+@pytest.mark.parametrize("prediction,reference,equal", EXACT_NUMBER_PAIRS)
+def test_numbers_compare_exactly(prediction, reference, equal):
+  assert answers_equal(prediction, reference) is equal
+  assert answers_equal(reference, prediction) is equal  # symmetric
+
+
+def test_exact_numbers_through_extraction():
+  assert check_math(f"So the total is\n#### {NINES_41}", "1e41").verdict == "fail"
+  assert check_math("The answer is $1.5 \\times 10^{-3}$.", "0.0015").verdict == "pass"
+  assert check_math("Thus \\boxed{2.5 \\times 10^{2}}.", "251").verdict == "fail"
 
 
 def test_the_table_is_large_and_balanced():

@@ -8,6 +8,8 @@ Extraction looks, in the order of `formats`, for
 Equivalence first settles the common cases cheaply (same normalised text, plain numbers,
 multiple-choice letters, words) and hands the rest to math-verify (sympy) for symbolic
 equality: fractions, radicals, pi, intervals, sets, tuples, matrices, expressions.
+Numbers (integers of any size, decimals, fractions, scientific notation) compare exactly, as
+fractions, never through float.
 
 Everything here runs in-process with math-verify's own soft (SIGALRM) timeouts; the hard
 deadline that no input can escape is enforced by the worker pool (`pool.py`), which kills
@@ -16,10 +18,10 @@ and replaces a worker whose check overruns.
 
 from __future__ import annotations
 
-import fractions
 import functools
 import math
 import re
+from fractions import Fraction
 
 from rest_jax.verifiers.verdict import Verdict
 
@@ -154,33 +156,37 @@ def normalize_answer(answer: str) -> str:
 
 # --------------------------------------------------------------- equivalence
 
-_PLAIN_NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d{1,3})?$")
-_LATEX_FRAC_RE = re.compile(r"^(-?)\\frac(?:\{(-?\d+)\}|(\d))(?:\{(\d+)\}|(\d))$")
+_DECIMAL = r"(?:\d+\.?\d*|\.\d+)"
+# Exponents have at most 3 digits so that no answer can make us build a huge integer.
+_PLAIN_NUMBER_RE = re.compile(rf"{_DECIMAL}(?:[eE][-+]?\d{{1,3}})?")
+# 1.5\times 10^{3}, 1.5 \cdot 10^3, 1.5×10^3, 10^{-2}. An unbraced exponent is one digit, as in
+# LaTeX (`10^12` is 10^1 2); other forms go to sympy.
+_POWER_OF_TEN_RE = re.compile(rf"(?:({_DECIMAL})\s*(?:\\times|\\cdot|×|·|\*)\s*)?"
+                              r"10\s*\^\s*(?:\{\s*([-+]?\d{1,3})\s*\}|(\d))")
+_SLASH_FRAC_RE = re.compile(r"(-?\d+)\s*/\s*(\d+)")
+_LATEX_FRAC_RE = re.compile(r"\\frac(?:\{(-?\d+)\}|(\d))(?:\{(\d+)\}|(\d))")
 _WORDS_RE = re.compile(r"^[A-Za-z][A-Za-z ]*[A-Za-z]$")
 
 
-def _as_number(s: str) -> tuple[fractions.Fraction, bool] | None:
-  """(value, written_as_decimal) for a plain number or simple fraction, else None."""
-  if _PLAIN_NUMBER_RE.match(s):
-    return fractions.Fraction(s), ("." in s or "e" in s.lower())
-  m = re.fullmatch(r"(-?\d+)\s*/\s*(\d+)", s)
-  if m:
-    sign, num, den = 1, int(m.group(1)), int(m.group(2))
-  else:
-    m = _LATEX_FRAC_RE.match(s)
-    if not m:
+def _as_number(s: str) -> Fraction | None:
+  """The exact value of a plain number, a number in scientific notation or a simple fraction,
+  else None. Exact, never float: 41 nines are not 1e41, and 1/3 is not 0.3333333333."""
+  sign = -1 if s[:1] == "-" else 1
+  body = s[1:].lstrip() if s[:1] in "-+" else s
+  try:
+    if _PLAIN_NUMBER_RE.fullmatch(body):
+      return sign * Fraction(body)
+    if m := _POWER_OF_TEN_RE.fullmatch(body):
+      return sign * Fraction(m[1] or 1) * Fraction(10) ** int(m[2] or m[3])
+    if m := _SLASH_FRAC_RE.fullmatch(body):
+      num, den = m[1], m[2]
+    elif m := _LATEX_FRAC_RE.fullmatch(body):
+      num, den = m[1] or m[2], m[3] or m[4]
+    else:
       return None
-    sign = -1 if m.group(1) else 1
-    num, den = int(m.group(2) or m.group(3)), int(m.group(4) or m.group(5))
-  return (sign * fractions.Fraction(num, den), False) if den else None
-
-
-def _numbers_equal(a: tuple[fractions.Fraction, bool], b: tuple[fractions.Fraction, bool]) -> bool:
-  (x, x_dec), (y, y_dec) = a, b
-  if x == y:
-    return True
-  # A decimal stands for a rounded value: accept 6 significant digits, as math-verify does.
-  return bool(x_dec or y_dec) and abs(x - y) <= 1e-6 * max(1, abs(y))
+    return sign * Fraction(int(num), int(den)) if int(den) else None
+  except ValueError:  # more digits than Python converts (4300): not a plain answer
+    return None
 
 
 _INFINITY = {"\\infty": math.inf, "+\\infty": math.inf, "-\\infty": -math.inf}
@@ -200,7 +206,7 @@ def _as_collection(s: str) -> tuple[str, list] | None:
   values = []
   for part in body.split(","):
     part = part.strip()
-    value = (_INFINITY[part], False) if part in _INFINITY else _as_number(part)
+    value = _INFINITY[part] if part in _INFINITY else _as_number(part)
     if value is None:
       return None
     values.append(value)
@@ -213,9 +219,8 @@ def _collections_equal(a: tuple[str, list], b: tuple[str, list]) -> bool | None:
   if kind_a != kind_b:
     return None
   if kind_a in ("set", "list"):  # MATH lists "all solutions" in any order
-    return (all(any(_numbers_equal(x, y) for y in ys) for x in xs)
-            and all(any(_numbers_equal(x, y) for x in xs) for y in ys))
-  return len(xs) == len(ys) and all(_numbers_equal(x, y) for x, y in zip(xs, ys))
+    return set(xs) == set(ys)
+  return xs == ys
 
 
 def answers_equal(prediction: str, reference: str, *, timeout_s: float = 3.0) -> bool:
@@ -232,7 +237,7 @@ def _normalized_equal(pred: str, ref: str, timeout_s: float) -> bool:
     return True
   pred_num, ref_num = _as_number(pred), _as_number(ref)
   if pred_num is not None and ref_num is not None:
-    return _numbers_equal(pred_num, ref_num)
+    return pred_num == ref_num
   if re.fullmatch(r"[A-E]", ref):  # multiple choice
     return pred.upper() == ref
   if _WORDS_RE.match(ref) and len(ref) > 1:  # a word answer ("even", "Monday")
@@ -253,9 +258,9 @@ _POINTS = ((0.5772156649, -1.2020569032, 2.6854520011),
 def _numeric_verdict(gold, guess) -> bool | None:
   """Decides by evaluation where that is safe, else None (math-verify decides).
 
-  Constant expressions (radicals, pi, ...) are equal when they agree to 12 digits; expressions
-  in free symbols are unequal when they differ at a point. Decimals are left to math-verify,
-  whose rounding rules apply to them.
+  Rationals (`10^{41}-1`) are compared exactly; other constant expressions (radicals, pi, ...)
+  are equal when they agree to 12 digits; expressions in free symbols are unequal when they
+  differ at a point. Decimals are left to math-verify, whose rounding rules apply to them.
   """
   import sympy
 
@@ -274,6 +279,8 @@ def _numeric_verdict(gold, guess) -> bool | None:
         return None
       close = abs(a - b) <= 1e-12 * max(1.0, abs(b))
       if not symbols:
+        if close and gold.is_rational and guess.is_rational:  # floats cannot tell 10^41-1
+          return bool((gold - guess).doit() == 0)           # from 10^41: decide exactly
         return close
       if not close:
         return False
