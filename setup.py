@@ -32,6 +32,9 @@ TEST = [
     "pytest-timeout>=2.3",
     "import-linter>=2.1",
     "psutil>=5.9",
+    # tests/test_packaging.py builds the wheel offline (--no-build-isolation); Python 3.12
+    # venvs come without setuptools.
+    "setuptools>=70.1",
     # Reference implementations, used only by parity tests and benchmarks.
     "torch==2.13.0",
     "transformers>=4.50",
@@ -44,10 +47,15 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["rest_jax", "rest_jax.*"]),
-    package_data={"rest_jax": ["py.typed"]},
+    # The top-level configs/ ships inside the package as rest_jax/configs (package data), so
+    # `--gin_file=runs/demo.gin` is found in a wheel install too (commands/gin_flags.py).
+    packages=[*setuptools.find_packages(include=["rest_jax", "rest_jax.*"]), "rest_jax.configs"],
+    package_dir={"rest_jax.configs": "configs"},
+    package_data={"rest_jax": ["py.typed"], "rest_jax.configs": ["models/*.gin", "runs/*.gin"]},
     install_requires=RUNTIME,
-    extras_require={"test": TEST},
+    # tpu: libtpu as pinned by the installed jax version (jax[tpu] requires exactly one libtpu
+    # release), for TPU VMs and for compiling TPU programs on any machine (rest-jax plan).
+    extras_require={"test": TEST, "tpu": ["jax[tpu]>=0.10.0,<0.12"]},
     entry_points={"console_scripts": ["rest-jax=rest_jax.cli:main"]},
     license="Apache-2.0",
 )

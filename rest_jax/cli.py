@@ -3,6 +3,9 @@
 Each subcommand lives in its own module, imported only when that command runs (so `--help`
 stays fast); the module provides `add_arguments(parser)` and `main(args) -> int`. Configured
 jobs take t5x-style gin flags; this file and `commands/gin_flags.py` are the only gin parsers.
+A command that takes no gin flags refuses them. The project's own errors (`USER_ERRORS`,
+OSError) become one line on stderr and exit status 2; any other exception is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from rest_jax.commands import gin_flags
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("rest_jax.commands.run", "the whole ReST-EM loop from a gin config "
             "(resumes an existing WORKDIR)"),
+    "eval": ("rest_jax.commands.eval", "a model's accuracy on a task (greedy and sampled pass@1, "
+             "pass@k, maj@k), as the loop measures it; --baseline: a paired comparison"),
     "sample": ("rest_jax.commands.sample", "K samples of each prompt from a model, as JSON lines "
                "(text, token ids, finish reason, log-probability)"),
     "verify": ("rest_jax.commands.verify", "score completions with a verifier: one JSON verdict "
@@ -55,6 +60,38 @@ def configure_gin(args) -> None:
                   args.gin_search_path)
 
 
+def gin_flags_given(args) -> bool:
+  """Whether a command that called add_flags got any `--gin_file`/`--gin.X=V`/`--gin_bindings`."""
+  return bool(args.gin_file or args.gin_bindings or args.gin_dot_bindings)
+
+
+# The project's own errors (bad input, not bugs): `rest-jax NAME: message` and exit status 2,
+# with OSError (a missing input, an unwritable output or workdir). Looked up in sys.modules
+# when an exception arrives, so `--help` imports none of them: a class whose module was never
+# imported cannot have been raised.
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("rest_jax.commands.errors", "CommandError"),
+    ("rest_jax.models.weights", "WeightsError"),
+    ("rest_jax.tokenizers.base", "TokenizerError"),
+    ("rest_jax.tokenizers.gguf_file", "GGUFFormatError"),
+    ("rest_jax.tasks.base", "TaskDataError"),
+    ("rest_jax.tasks.kept", "KeptDataError"),
+    ("rest_jax.rewards.data", "RewardDataError"),
+    ("rest_jax.rewards.sources", "RewardSourceError"),
+    ("rest_jax.loop.rest_em", "ConfigChangedError"),
+    ("rest_jax.verifiers.sandbox", "SandboxUnavailable"),
+)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+  return (OSError, *(getattr(sys.modules[m], c) for m, c in USER_ERRORS if m in sys.modules))
+
+
+def _gin_args(argv: Sequence[str]) -> list[str]:
+  return [a for a in argv if a.startswith("--gin.") or
+          a.split("=", 1)[0] in ("--gin_file", "--gin_bindings", "--gin_search_path")]
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="rest-jax",
@@ -81,10 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   module_name, help_text = COMMANDS[name]
   module = importlib.import_module(module_name)
   parser = argparse.ArgumentParser(prog=f"rest-jax {name}", description=help_text)
+  gin_args = _gin_args(rest)
   try:
     rest, dot_bindings = gin_flags.split_gin_args(rest)
     parser.set_defaults(gin_dot_bindings=dot_bindings)
     module.add_arguments(parser)
+    # Gin flags are never dropped silently: a command that takes none refuses them.
+    if gin_args and "--gin_file" not in parser._option_string_actions:  # pylint: disable=protected-access
+      print(f"rest-jax {name}: takes no gin flags (got {gin_args[0]}); its settings are its own "
+            f"flags, see `rest-jax {name} --help`", file=sys.stderr)
+      return 2
     return module.main(parser.parse_args(rest)) or 0
   except gin_flags.GinError as e:
     print(f"rest-jax {name}: gin config error: {e}", file=sys.stderr)
@@ -92,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   except KeyboardInterrupt:
     print(f"rest-jax {name}: interrupted", file=sys.stderr)
     return 130
+  except Exception as e:  # pylint: disable=broad-except
+    if not isinstance(e, _user_error_types()):
+      raise  # a bug: keep the traceback
+    # gin appends "In call to configurable ..." lines to what passes through a configurable.
+    message = "\n".join(line for line in str(e).splitlines()
+                        if not line.lstrip().startswith("In call to configurable"))
+    print(f"rest-jax {name}: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -51,6 +51,25 @@ def test_summarize():
   assert 0.0 <= lo <= 0.25 <= hi <= 0.5
 
 
+def test_maj_at_k_counts_a_prompt_without_answers_as_not_correct():
+  answered = lambda answers, correct: [{"reward": float(ok), "extracted": a}
+                                       for a, ok in zip(answers, correct)]
+  per_prompt = {
+      "right": answered(["1", "1", "2", "1"], [True, True, False, True]),
+      "wrong": answered(["9", "9", "1", None], [False, False, True, False]),
+      "silent": [{"reward": 0.0, "extracted": None}] * 4,  # no answer in any sample
+  }
+  m = evaluation.summarize(per_prompt, ks=(1, 2, 4))
+  assert m["maj@2"] == pytest.approx(1 / 3) and m["maj@4"] == pytest.approx(1 / 3)
+  # An answerless prompt that still passed (a code-style verdict) is not a majority win.
+  per_prompt["silent"] = [{"reward": 1.0, "extracted": None}] * 4
+  assert evaluation.summarize(per_prompt, ks=(4,))["maj@4"] == pytest.approx(1 / 3)
+  # No extracted answer anywhere (code): maj@k is left out, pass@k stays.
+  code = {pid: [{"reward": s["reward"]} for s in samples] for pid, samples in per_prompt.items()}
+  m = evaluation.summarize(code, ks=(1, 4))
+  assert "maj@4" not in m and m["pass@4"] == pytest.approx(1.0)
+
+
 def test_bootstrap_interval_covers_mean_and_narrows():
   rng = np.random.default_rng(0)
   small = rng.random(20) < 0.3
@@ -80,3 +99,16 @@ def test_filter_is_order_independent():
   a, _ = filtering.filter_samples(samples, max_per_prompt=2)
   b, _ = filtering.filter_samples(list(reversed(samples)), max_per_prompt=2)
   assert a == b
+
+
+def test_per_prompt_maj_at_k_counts_an_answerless_prompt_as_not_correct():
+  per_prompt = {
+      "a": [{"reward": 1.0, "extracted": "3"}, {"reward": 1.0, "extracted": "3"}],
+      "b": [{"reward": 0.0, "extracted": None}, {"reward": 0.0, "extracted": None}],
+      "c": [{"reward": 0.0, "extracted": "5"}, {"reward": 0.0, "extracted": "5"}],
+  }
+  split = evaluation.summarize(per_prompt, ks=(1, 2))
+  values = evaluation.per_prompt_metrics(per_prompt, ks=(1, 2))
+  assert values["maj@2"] == [1.0, 0.0, 0.0]
+  for name, vals in values.items():
+    assert np.mean(vals) == pytest.approx(split[name])

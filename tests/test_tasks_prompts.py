@@ -134,5 +134,6 @@ def test_cli_shows_formatted_prompts():
   assert f"=== {first.id} ===" in text and f"=== {second.id} ===" in text
   assert first.prompt in text and "reference (math)" in text
   assert text.count("=== gsm8k-") == 2
-  err = io.StringIO()
-  assert cli.show_task_main("nope", out=err) == 1 and "unknown task" in err.getvalue()
+  out, err = io.StringIO(), io.StringIO()
+  assert cli.show_task_main("nope", out=out, err=err) == 2 and out.getvalue() == ""
+  assert err.getvalue().startswith("rest-jax tasks show: unknown task 'nope'")

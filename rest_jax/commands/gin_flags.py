@@ -6,6 +6,7 @@ cli.py is the only caller; everything else receives its settings through gin bin
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import logging
 import os
 from typing import Sequence
@@ -13,7 +14,22 @@ from typing import Sequence
 import gin
 from etils import epath
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+
+def find_configs_dir() -> str:
+  """The shipped `configs/` (models/*.gin, runs/*.gin).
+
+  An installed wheel (`pip install .`) holds them as package data, `rest_jax/configs`
+  (setup.py maps the top-level `configs/` there); a checkout or an editable install reads the
+  top-level `configs/` beside the package.
+  """
+  package = str(importlib.resources.files("rest_jax"))
+  installed = os.path.join(package, "configs")
+  if os.path.isdir(installed):
+    return installed
+  return os.path.join(os.path.dirname(package), "configs")
+
+
+CONFIGS_DIR = find_configs_dir()
 
 
 class GinError(Exception):

@@ -16,6 +16,14 @@ from rest_jax.commands import gin_flags
 
 def add_arguments(parser):
   gin_flags.add_flags(parser)
+  parser.add_argument("--print_config", action="store_true",
+                      help="parse the gin files and bindings, print the resolved config and exit "
+                           "(runs nothing, needs no WORKDIR)")
+  add_process_flags(parser)
+
+
+def add_process_flags(parser):
+  """--coordinator_address ... of a multi-process job (`run` and `eval`)."""
   group = parser.add_argument_group("multi-process jobs (automatic on TPU VMs)")
   group.add_argument("--coordinator_address", default=None,
                      help="host:port of process 0's coordinator (env REST_JAX_COORDINATOR_ADDRESS)")
@@ -31,19 +39,36 @@ def add_arguments(parser):
                           "(default 100)")
 
 
-def main(args) -> int:
+def start_processes(args, command: str) -> bool:
+  """Joins the process group of `add_process_flags` (before anything initialises a JAX
+  backend) and turns SIGTERM into a stop at the next safe point; False (after one line on
+  stderr) when the group does not form."""
   from rest_jax.runtime import distributed as dist
   from rest_jax.runtime import preemption
   try:
-    # Before anything initialises a JAX backend.
     dist.initialize(dist.ProcessGroup.from_env(
         coordinator_address=args.coordinator_address, num_processes=args.num_processes,
         process_id=args.process_id, init_timeout_s=args.init_timeout,
         heartbeat_timeout_s=args.heartbeat_timeout))
   except dist.DistributedError as e:
-    print(f"rest-jax run: {e}", file=sys.stderr)
-    return 1
+    print(f"rest-jax {command}: {e}", file=sys.stderr)
+    return False
   preemption.install()
+  return True
+
+
+def main(args) -> int:
+  if args.print_config:
+    import gin
+
+    from rest_jax import cli
+    cli.configure_gin(args)
+    print(gin.config_str(), end="")
+    return 0
+  from rest_jax.runtime import distributed as dist
+  from rest_jax.runtime import preemption
+  if not start_processes(args, "run"):
+    return 1
   from rest_jax import cli
   cli.configure_gin(args)
   from rest_jax.loop import rest_em as loop_lib

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import sys
 
+from rest_jax.commands.errors import CommandError
+
 
 def _mesh_shape(text: str) -> tuple[int, ...]:
   try:
@@ -17,7 +19,7 @@ def _mesh_shape(text: str) -> tuple[int, ...]:
   except ValueError:
     shape = ()
   if len(shape) != 3:
-    raise SystemExit(f"--mesh takes three comma-separated sizes (data,fsdp,tensor), got {text!r}")
+    raise CommandError(f"--mesh takes three comma-separated sizes (data,fsdp,tensor), got {text!r}")
   return shape
 
 
@@ -40,7 +42,8 @@ def add_arguments(parser):
   parser.add_argument("--num_slots", type=int, default=32, help="decode rows")
   parser.add_argument("--steps_per_dispatch", type=int, default=8)
   parser.add_argument("--cache_dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--dtype", default="float32", help="parameter and compute dtype")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="parameter and compute dtype")
   parser.add_argument("--mesh", default="1,-1,1", help="mesh shape data,fsdp,tensor")
   parser.add_argument("--truncate_prompts", action="store_true",
                       help="cut over-long prompts from the left instead of failing")
@@ -61,7 +64,18 @@ def main(args) -> int:
   from rest_jax.sampling import sampler as sampling
   from rest_jax.models.loading import load_model
 
-  mesh = mesh_lib.create_mesh(_mesh_shape(args.mesh))
+  try:  # the flags first: a bad one fails before a model loads
+    params = sampling.SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens, stop=tuple(args.stop))
+  except ValueError as e:
+    raise CommandError(f"bad sampling parameters: {e}") from e
+  if args.num_samples < 1:
+    raise CommandError(f"--num_samples must be >= 1, got {args.num_samples}")
+  try:
+    mesh = mesh_lib.create_mesh(_mesh_shape(args.mesh))
+  except ValueError as e:
+    raise CommandError(f"--mesh {args.mesh}: {e}") from e
   loaded = load_model(args.model, mesh, dtype=args.dtype)
   tok = loaded.tokenizer
   texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
@@ -71,13 +85,13 @@ def main(args) -> int:
     if not ids:
       print(f"rest-jax sample: prompt {i} encodes to no tokens", file=sys.stderr)
       return 2
-  params = sampling.SamplingParams(
-      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-      max_new_tokens=args.max_new_tokens, stop=tuple(args.stop))
-  sampler = sampling.Sampler(
-      loaded.graphdef, loaded.config, tok, mesh, num_slots=args.num_slots,
-      steps_per_dispatch=args.steps_per_dispatch, cache_dtype=args.cache_dtype,
-      truncate_prompts=args.truncate_prompts)
+  try:
+    sampler = sampling.Sampler(
+        loaded.graphdef, loaded.config, tok, mesh, num_slots=args.num_slots,
+        steps_per_dispatch=args.steps_per_dispatch, cache_dtype=args.cache_dtype,
+        truncate_prompts=args.truncate_prompts)
+  except ValueError as e:
+    raise CommandError(f"bad sampling parameters: {e}") from e
 
   def emit(index, completions):
     for c in completions:

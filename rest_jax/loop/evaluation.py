@@ -52,6 +52,8 @@ def summarize(per_prompt: Mapping[str, Sequence[Mapping]], ks: Sequence[int] = (
 
   `per_prompt[id]` lists that prompt's samples, each a mapping with `reward` (1.0 = correct)
   and optionally `extracted` (the answer, for maj@k). `greedy[id]` is the greedy verdict.
+  A prompt whose first k samples have no extracted answer counts as not correct for maj@k;
+  maj@k is left out only when no sample of the split has an extracted answer at all.
   """
   n_prompts = len(per_prompt)
   out: dict = {"prompts": n_prompts}
@@ -65,21 +67,81 @@ def summarize(per_prompt: Mapping[str, Sequence[Mapping]], ks: Sequence[int] = (
     per = [sum(c) / len(c) for c in correct.values()]
     out["pass@1"] = float(np.mean(per))
     out["pass@1_ci95"] = bootstrap_ci(per)
+    has_answers = any(s.get("extracted") is not None
+                      for samples in per_prompt.values() for s in samples)
     for k in ks:
       if 1 < k <= n:
         out[f"pass@{k}"] = float(np.mean([pass_at_k(len(c), sum(c), k) for c in correct.values()]))
-        votes = []
-        for pid, samples in per_prompt.items():
-          answers = [s.get("extracted") for s in samples[:k]]
-          if all(a is None for a in answers):
-            votes = None
-            break
-          votes.append(majority_correct(answers, correct[pid][:k]))
-        if votes is not None:
-          out[f"maj@{k}"] = float(np.mean(votes))
+        if has_answers:  # majority_correct: a prompt without an answer is not correct
+          out[f"maj@{k}"] = float(np.mean([
+              majority_correct([s.get("extracted") for s in samples[:k]], correct[pid][:k])
+              for pid, samples in per_prompt.items()]))
     out["solved_prompts"] = int(sum(any(c) for c in correct.values()))
   if greedy:
     vals = [float(bool(greedy[pid])) for pid in per_prompt if pid in greedy]
     out["greedy_pass@1"] = float(np.mean(vals))
     out["greedy_pass@1_ci95"] = bootstrap_ci(vals)
+  return out
+
+
+# --- paired comparisons (`rest-jax eval --baseline`) ---------------------------------------
+
+def _is_mean_metric(name: str) -> bool:
+  """pass@k, maj@k, greedy_pass@1: the figures that are means over prompts."""
+  kind, _, k = name.removeprefix("greedy_").partition("@")
+  return kind in ("pass", "maj") and k.isdigit()
+
+
+def per_prompt_metrics(per_prompt: Mapping[str, Sequence[Mapping]], ks: Sequence[int] = (1, 4, 8),
+                       greedy: Mapping[str, bool] | None = None) -> dict[str, list[float]]:
+  """`summarize`'s mean-over-prompts metrics (pass@1, pass@k, maj@k, greedy_pass@1), per prompt.
+
+  Each prompt's values are `summarize` of that prompt alone, listed in `per_prompt`'s order,
+  so their means are `summarize`'s figures. A prompt without any extracted answer has no maj@k
+  of its own; where the split has maj@k, that prompt counts as not correct, as in `summarize`.
+  """
+  split = summarize(per_prompt, ks=ks, greedy=greedy)
+  values: dict[str, list[float]] = {k: [] for k in sorted(split) if _is_mean_metric(k)}
+  for pid, samples in per_prompt.items():
+    one_greedy = None if greedy is None else {pid: greedy[pid]} if pid in greedy else {}
+    one = summarize({pid: samples}, ks=ks, greedy=one_greedy)
+    for k in list(values):
+      if k in one:
+        values[k].append(float(one[k]))
+      elif k.startswith("maj@"):
+        values[k].append(0.0)
+      else:
+        del values[k]
+  return values
+
+
+def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, samples: int = 2000,
+                        seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+  """Percentile bootstrap interval of mean(a) - mean(b) over paired prompts.
+
+  `a[i]` and `b[i]` are two models' values on prompt i; every bootstrap draw resamples the
+  prompts once, with the same indices for both, so what the prompts share cancels out.
+  """
+  x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if x.shape != y.shape:
+    raise ValueError(f"paired_bootstrap_ci: {x.size} values against {y.size}")
+  if x.size == 0:
+    return (float("nan"), float("nan"))
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, x.size, (samples, x.size))
+  diffs = x[idx].mean(axis=1) - y[idx].mean(axis=1)
+  lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+  return float(lo), float(hi)
+
+
+def paired_differences(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]], *,
+                       samples: int = 2000, seed: int = 0) -> dict[str, dict]:
+  """Per metric in both `a` and `b` (`per_prompt_metrics` of two models on the same prompts):
+  the difference of the means, its paired bootstrap 95% interval, and whether it excludes 0."""
+  out = {}
+  for name in a:
+    if name in b:
+      lo, hi = paired_bootstrap_ci(a[name], b[name], samples=samples, seed=seed)
+      out[name] = {"difference": float(np.mean(a[name]) - np.mean(b[name])),
+                   "ci95": (lo, hi), "excludes_zero": bool(lo > 0 or hi < 0)}
   return out

@@ -6,6 +6,7 @@ import logging
 
 import gin
 
+from rest_jax.loop import rest as rest_lib
 from rest_jax.loop import rest_em as loop_lib
 from rest_jax.runtime import mesh as mesh_lib
 
@@ -19,8 +20,7 @@ def run(workdir: str = gin.REQUIRED) -> dict:
   log.info("mesh: %s", mesh_lib.describe(mesh))
   cfg = loop_lib.LoopConfig(workdir=workdir)
   if cfg.mode == "rest":
-    from rest_jax import rest_loop  # the original ReST: reward-scored Grow, several Improves
-    loop = rest_loop.ReSTLoop(cfg, mesh)
+    loop = rest_lib.ReSTLoop(cfg, mesh)  # the original ReST: reward-scored Grow, Improves
   else:
     loop = loop_lib.Loop(cfg, mesh)
   loop.check_config(gin.config_str())

@@ -35,15 +35,27 @@ def list_tasks_main(out: TextIO | None = None) -> int:
 
 
 def show_task_main(name: str, n: int = 3, split: str = base.TRAIN, out: TextIO | None = None,
-                   tokenizer=None) -> int:
-  """Prints the first `n` problems of a split: id, the exact prompt, reference, solution."""
+                   tokenizer=None, err: TextIO | None = None) -> int:
+  """Prints the first `n` problems of a split: id, the exact prompt, reference, solution.
+
+  A task that cannot be built (unknown, misconfigured, malformed data: each bad line with its
+  number) is reported on `err` (stderr) with exit status 2.
+  """
   out = out or sys.stdout
-  try:
-    task = base.get_task(name, tokenizer=tokenizer)
-    problems = task.problems(split)
-  except (KeyError, ValueError, base.TaskDataError) as e:
-    out.write(f"error: {e}\n")
-    return 1
+  if name not in base.task_names():
+    message = f"unknown task {name!r}; registered tasks: {base.task_names()}"
+  else:
+    try:
+      task = base.get_task(name, tokenizer=tokenizer)
+      problems = task.problems(split)
+      message = None
+    except (ValueError, base.TaskDataError) as e:
+      # gin appends "In call to configurable ..." to what passes through a configurable.
+      message = "\n".join(line for line in str(e).splitlines()
+                          if not line.lstrip().startswith("In call to configurable"))
+  if message is not None:
+    (err or sys.stderr).write(f"rest-jax tasks show: {message}\n")
+    return 2
   out.write(f"{task!r}: {len(problems)} problems in split {split!r}\n")
   for p in problems[:n]:
     out.write(f"\n=== {p.id} ===\n--- prompt ---\n{p.prompt}\n")
