@@ -6,6 +6,7 @@
 * `generate`: Generate + Verify over problems, in shards written atomically;
 * `filtering`, `evaluation`, `report`: what an iteration keeps, how accuracy is measured,
   and `report.md` / `report.png`;
+* `evaluate_model`: one model on one split (the Evaluate step, and `rest-jax eval`);
 * `run`: the gin-configured entry point of `rest-jax run`.
 
 May import: every package below it (rewards, sampling, training, models, tasks, tokenizers,

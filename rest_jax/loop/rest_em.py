@@ -22,7 +22,7 @@ import jax
 
 from rest_jax.runtime import checkpoints as ckpt_lib
 from rest_jax.runtime import distributed as dist
-from rest_jax.loop import evaluation
+from rest_jax.loop import evaluate_model
 from rest_jax.loop import filtering
 from rest_jax.loop import generate
 from rest_jax.training import improve
@@ -57,6 +57,13 @@ class LoopConfig:
     available (to the base SFT and the SFT baseline); None: all of them, as in the paper.
     Fewer models the usual case where final answers are plentiful and worked solutions
     scarce: ReST-EM needs only the answers of all `num_train_prompts`.
+  param_dtype, compute_dtype: parameters (and the optimizer state) are stored in
+    `param_dtype` and the model computes in `compute_dtype`. TPU/GPU configs use float32
+    master weights with bfloat16 compute (softmax, norm statistics, the loss and
+    log-probabilities stay float32); the sampler then decodes from a bfloat16 copy made on the
+    devices once per Generate phase, with a bfloat16 KV cache. CPU configs keep float32.
+  attention: 'auto' (Pallas splash attention on TPU, cuDNN on GPU, XLA on CPU), or one of
+    'xla', 'splash', 'cudnn' (models/attention.py).
   """
 
   workdir: str
@@ -83,6 +90,9 @@ class LoopConfig:
   sft_baseline: bool = True
   early_stop: bool = False
   sampler_slots: int = 64
+  param_dtype: str = "float32"            # master weights and optimizer state
+  compute_dtype: str = "float32"          # 'bfloat16' on TPU/GPU: mixed precision, bf16 KV cache
+  attention: str = "auto"                 # self-attention kernel (models/attention.py)
   seed: int = 0
   allow_config_change: bool = False
 
@@ -149,13 +159,15 @@ class Loop:
   def _setup(self):
     cfg = self.cfg
     # remat only changes the backward pass: Improve keeps one layer's activations at a time.
-    self.model = loading.load_model(cfg.model, self.mesh, seed=cfg.seed, remat=True)
+    self.model = loading.load_model(cfg.model, self.mesh, seed=cfg.seed, remat=True,
+                                    dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype,
+                                    attention=cfg.attention)
     tok = self.model.tokenizer
     self.task = get_task(cfg.task, tokenizer=tok)
     # Each process samples its own shards on its own devices (the whole mesh for one process).
     self.sample_mesh = dist.local_mesh(self.mesh)
     self.sampler = Sampler(self.model.graphdef, self.model.config, tok, self.sample_mesh,
-                           num_slots=cfg.sampler_slots)
+                           num_slots=cfg.sampler_slots, cache_dtype=cfg.compute_dtype)
     self.pool = VerifierPool()
     self._ckpt = lambda sub: ckpt_lib.CheckpointManager(self.wd.checkpoints / sub)
 
@@ -193,14 +205,16 @@ class Loop:
   # --- phases --------------------------------------------------------------------------
 
   def _sampling_params(self, params):
-    """`params` on the sampling mesh: themselves for one process, else a per-host copy."""
-    if dist.process_count() == 1:
-      return params
+    """`params` as the sampler reads them: on the sampling mesh (a per-host copy with several
+    processes) and in the compute dtype (bfloat16 models: one on-device cast per policy)."""
     if self._local is None or self._local[0] is not params:
-      self._local = (params, dist.to_local_mesh(params, self.sample_mesh, params_lib.shardings))
+      local = params if dist.process_count() == 1 else dist.to_local_mesh(
+          params, self.sample_mesh, params_lib.shardings)
+      self._local = (params, self.sampler.decode_params(local))
     return self._local[1]
 
   def _improve(self, stage: str, init_params, examples, seed: int):
+    self._local = None  # the sampling copy is not needed while training
     params, stats = improve.improve(
         name=stage, graphdef=self.model.graphdef, init_params=init_params, examples=examples,
         tokenizer=self.model.tokenizer, mesh=self.mesh,
@@ -226,22 +240,17 @@ class Loop:
       return workdir_lib.read_json(path)
     params = params() if callable(params) else params  # loaded only when needed
     c = self.cfg
-    seed = c.seed * 1_000_003 + 999_983  # the same draws for every stage: paired comparisons
+    # The same draws for every stage (paired comparisons), and for `rest-jax eval`.
+    settings = evaluate_model.EvalSettings.from_loop_config(c)
     t0 = time.time()
     out = {}
     for split, limit, name in (("test", c.num_eval_prompts, "heldout"),
                                ("train", c.num_eval_train_prompts, "train")):
-      probs = self.problems(split, limit)
-      sampled, _ = self._sample_split(stage, f"eval_{name}", probs, params, c.eval_samples,
-                                      False, seed) if c.eval_samples else ([], {})
-      greedy, _ = self._sample_split(stage, f"eval_{name}_greedy", probs, params, 1, True, seed)
-      per_prompt = {p.id: [] for p in probs}
-      for r in sampled:
-        per_prompt[r["prompt_id"]].append(r)
-      if not c.eval_samples:
-        per_prompt = {p.id: [] for p in probs}
-      out[name] = evaluation.summarize(
-          per_prompt, ks=c.eval_ks, greedy={r["prompt_id"]: r["reward"] >= 1.0 for r in greedy})
+      out[name] = evaluate_model.evaluate_split(
+          self.problems(split, limit), self.wd.root / stage, name, settings=settings,
+          sampler=self.sampler, params=self._sampling_params(params),
+          tokenizer=self.model.tokenizer, pool=self.pool, desc=stage,
+          record=lambda subdir: self._record_shards(f"{stage}/{subdir}")).summary
     metrics = {**extra, **out, "stage": stage}
     metrics.setdefault("times", {})["evaluate"] = round(time.time() - t0, 1)
     if self.is_writer:
