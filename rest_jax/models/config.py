@@ -55,8 +55,11 @@ class ModelConfig:
   # Per layer: True for sliding-window attention, False for global. None: all global.
   local_layers: tuple[bool, ...] | None = None
   final_logit_softcap: float | None = None
-  dtype: str = "float32"        # activations / compute
-  param_dtype: str = "float32"  # stored parameters
+  dtype: str = "float32"        # activations / compute (bfloat16: mixed precision)
+  param_dtype: str = "float32"  # stored parameters (float32 master weights by default)
+  # Self-attention kernel: 'auto' (splash on TPU, cuDNN on GPU, XLA elsewhere), 'xla',
+  # 'splash' or 'cudnn'; see models/attention.py.
+  attention: str = "auto"
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -65,6 +68,9 @@ class ModelConfig:
     if self.local_layers is not None and len(self.local_layers) != self.num_layers:
       raise ValueError(f"local_layers has {len(self.local_layers)} entries, "
                        f"num_layers={self.num_layers}")
+    if self.attention not in ("auto", "xla", "splash", "cudnn"):
+      raise ValueError(f"attention must be 'auto', 'xla', 'splash' or 'cudnn', got "
+                       f"{self.attention!r}")
     if self.local_layers is not None and any(self.local_layers) and not self.sliding_window:
       raise ValueError("local_layers marks sliding-window layers but sliding_window is unset")
 

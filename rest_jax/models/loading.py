@@ -167,15 +167,23 @@ def _default_mesh(mesh):
   return mesh if mesh is not None else mesh_lib.create_mesh((1, -1, 1))
 
 
-def _with_dtype(cfg: ModelConfig, dtype: str) -> ModelConfig:
-  return cfg.replace(dtype=dtype, param_dtype=dtype)
+def _with_dtype(cfg: ModelConfig, dtype: str | None, compute_dtype: str | None = None,
+                attention: str | None = None) -> ModelConfig:
+  """Parameters stored in `dtype`, computed in `compute_dtype` (default: `dtype`; bfloat16
+  over float32 parameters is mixed precision), attention by `attention`; None keeps cfg's."""
+  if dtype is not None:
+    cfg = cfg.replace(param_dtype=dtype, dtype=dtype)
+  if compute_dtype is not None:
+    cfg = cfg.replace(dtype=compute_dtype)
+  return cfg if attention is None else cfg.replace(attention=attention)
 
 
 def load_gguf(path: str, mesh=None, *, dtype: str = "float32", remat: bool = False,
-              expect: ModelConfig | None = None, on_read=None) -> LoadedModel:
+              expect: ModelConfig | None = None, on_read=None, compute_dtype: str | None = None,
+              attention: str | None = None) -> LoadedModel:
   from rest_jax.models.gguf_import import GGUFModel
   model = GGUFModel(path)
-  cfg = _with_dtype(model.config(), dtype)
+  cfg = _with_dtype(model.config(), dtype, compute_dtype, attention)
   if expect is not None:
     _compare_with_preset(cfg, expect, path)
   tokenizer = model.tokenizer()
@@ -186,10 +194,11 @@ def load_gguf(path: str, mesh=None, *, dtype: str = "float32", remat: bool = Fal
 
 
 def load_hf(path: str, mesh=None, *, dtype: str = "float32", remat: bool = False,
-            on_read=None) -> LoadedModel:
+            on_read=None, compute_dtype: str | None = None,
+            attention: str | None = None) -> LoadedModel:
   from rest_jax.models.hf_import import HFDirectory
   model = HFDirectory(path)
-  cfg = _with_dtype(model.config(), dtype)
+  cfg = _with_dtype(model.config(), dtype, compute_dtype, attention)
   tokenizer = model.tokenizer()
   check_vocab(cfg, tokenizer, getattr(tokenizer, "source", path))
   graphdef, params = stream_params(cfg, _default_mesh(mesh), model,
@@ -214,7 +223,8 @@ def _checkpoint_step_dir(path: str) -> str | None:
 
 
 def load_checkpoint(path: str, mesh=None, *, dtype: str | None = None,
-                    remat: bool = False) -> LoadedModel:
+                    remat: bool = False, compute_dtype: str | None = None,
+                    attention: str | None = None) -> LoadedModel:
   """An orbax checkpoint with its `model_meta` (see the module docstring)."""
   import orbax.checkpoint as ocp
   from etils import epath
@@ -236,8 +246,7 @@ def load_checkpoint(path: str, mesh=None, *, dtype: str | None = None,
     cfg = config_from_dict(meta["model_config"])
   except (TypeError, ValueError) as e:
     raise WeightsError(f"{meta_path}: bad model_config: {e}") from e
-  if dtype is not None:
-    cfg = _with_dtype(cfg, dtype)
+  cfg = _with_dtype(cfg, dtype, compute_dtype, attention)
   tokenizer = tokenizers_lib.from_json_dict(meta["tokenizer"])
   check_vocab(cfg, tokenizer, f"{meta_path} (tokenizer)")
   mesh = _default_mesh(mesh)
@@ -266,7 +275,7 @@ def load_checkpoint(path: str, mesh=None, *, dtype: str | None = None,
 
 
 def _compare_with_preset(cfg: ModelConfig, preset: ModelConfig, origin: str) -> None:
-  ignore = {"dtype", "param_dtype"}
+  ignore = {"dtype", "param_dtype", "attention"}
   diff = {f.name: (getattr(preset, f.name), getattr(cfg, f.name))
           for f in dataclasses.fields(cfg)
           if f.name not in ignore and getattr(preset, f.name) != getattr(cfg, f.name)}
@@ -286,15 +295,22 @@ def _is_gguf(path: str) -> bool:
 
 
 def load_model(spec: str, mesh=None, *, dtype: str = "float32", seed: int = 0,
-               remat: bool = False) -> LoadedModel:
+               remat: bool = False, compute_dtype: str | None = None,
+               attention: str | None = None) -> LoadedModel:
   """A preset name, a `.gguf` file, a Hugging Face directory or an orbax checkpoint, loaded
-  onto `mesh` (default: all local devices on the `fsdp` axis). Raises `WeightsError`."""
+  onto `mesh` (default: all local devices on the `fsdp` axis). Raises `WeightsError`.
+
+  Parameters are stored in `dtype`; `compute_dtype` (default: `dtype`) is what the model
+  computes in, e.g. bfloat16 over float32 master weights; `attention` picks the kernel
+  (`models/attention.py`; default: the config's, 'auto')."""
+  rt = dict(compute_dtype=compute_dtype, attention=attention)
   spec = str(spec)
   mesh = _default_mesh(mesh)
   if spec in PRESETS:
     if spec in PACKAGED:
-      return load_gguf(packaged_gguf(spec), mesh, dtype=dtype, remat=remat, expect=PRESETS[spec])
-    cfg = _with_dtype(PRESETS[spec], dtype)
+      return load_gguf(packaged_gguf(spec), mesh, dtype=dtype, remat=remat, expect=PRESETS[spec],
+                       **rt)
+    cfg = _with_dtype(PRESETS[spec], dtype, **rt)
     log.info("preset %r has no shipped weights: randomly initialised (seed %d)", spec, seed)
     graphdef, params = params_lib.init_params(cfg, mesh, seed=seed, remat=remat)
     tokenizer = tokenizers_lib.ByteTokenizer(vocab_size=cfg.vocab_size)
@@ -303,15 +319,15 @@ def load_model(spec: str, mesh=None, *, dtype: str = "float32", seed: int = 0,
     return LoadedModel(cfg, graphdef, params, tokenizer, f"preset:{spec}")
   if os.path.isfile(spec):
     if _is_gguf(spec):
-      return load_gguf(spec, mesh, dtype=dtype, remat=remat)
+      return load_gguf(spec, mesh, dtype=dtype, remat=remat, **rt)
     raise WeightsError(f"{spec}: not a GGUF file (and not a directory); --model takes a preset "
                        f"({', '.join(sorted(PRESETS))}), a .gguf, a Hugging Face directory or "
                        "an orbax checkpoint")
   if os.path.isdir(spec) or spec.startswith("gs://"):
     if os.path.exists(os.path.join(spec, "config.json")):
-      return load_hf(spec, mesh, dtype=dtype, remat=remat)
+      return load_hf(spec, mesh, dtype=dtype, remat=remat, **rt)
     if _checkpoint_step_dir(spec) is not None:
-      return load_checkpoint(spec, mesh, dtype=dtype, remat=remat)
+      return load_checkpoint(spec, mesh, dtype=dtype, remat=remat, **rt)
     raise WeightsError(f"{spec}: neither a Hugging Face directory (config.json) nor an orbax "
                        "checkpoint")
   raise WeightsError(f"{spec!r}: no such file or directory, and not a preset (known: "

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.models import attention
 from rest_jax.models.config import ModelConfig
 
 _NEG_INF = -1e30
@@ -94,7 +95,11 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(h, ("head_dim",), cfg, rngs=rngs)
       self.k_norm = RMSNorm(h, ("head_dim",), cfg, rngs=rngs)
 
-  def __call__(self, x_BxLxD, positions_BxL, inv_freq_F, window, segment_ids_BxL, cache_kv):
+  def __call__(self, x_BxLxD, positions_BxL, inv_freq_F, window, segment_ids_BxL, cache_kv,
+               return_kv: bool = False):
+    """Without a cache: causal self-attention over the rows (`models/attention.py` picks the
+    kernel), returning this call's keys and values when `return_kv`. With one: the rows' new
+    keys and values are written at their positions and queries read the whole cache."""
     cfg = self.cfg
     dt = x_BxLxD.dtype
     q = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.q[...].astype(dt))
@@ -110,13 +115,11 @@ class Attention(nnx.Module):
     q = mesh_lib.constrain(q, ("batch", "length", "heads", "head_dim"))
 
     if cache_kv is None:
-      keys, values, new_cache = k, v, None
-      length = x_BxLxD.shape[1]
-      idx = jnp.arange(length)
-      mask_BxTxS = (idx[None, :, None] >= idx[None, None, :])
-      if segment_ids_BxL is not None:
-        mask_BxTxS = mask_BxTxS & (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])
-      k_pos = positions_BxL
+      out = attention.self_attention(
+          q, k, v, segment_ids_BxT=segment_ids_BxL, window=window,
+          static_window=cfg.sliding_window, scale=cfg.attn_scale,
+          implementation=cfg.attention)
+      new_cache = (k, v) if return_kv else None
     else:
       ck, cv = cache_kv
       start_B = positions_BxL[:, 0]
@@ -127,16 +130,15 @@ class Attention(nnx.Module):
       keys, values = ck.astype(dt), cv.astype(dt)
       k_pos = jnp.broadcast_to(jnp.arange(ck.shape[1]), (ck.shape[0], ck.shape[1]))
       mask_BxTxS = k_pos[:, None, :] <= positions_BxL[:, :, None]
-    dist_BxTxS = positions_BxL[:, :, None] - k_pos[:, None, :]
-    mask_BxTxS = mask_BxTxS & ((window == 0) | (dist_BxTxS < window))
-
-    b, t, n, h = q.shape
-    kvh = keys.shape[2]
-    q = q.reshape(b, t, kvh, n // kvh, h)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, keys).astype(jnp.float32) * cfg.attn_scale
-    scores = jnp.where(mask_BxTxS[:, None, None], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, n, h)
+      dist_BxTxS = positions_BxL[:, :, None] - k_pos[:, None, :]
+      mask_BxTxS = mask_BxTxS & ((window == 0) | (dist_BxTxS < window))
+      b, t, n, h = q.shape
+      kvh = keys.shape[2]
+      q = q.reshape(b, t, kvh, n // kvh, h)
+      scores = jnp.einsum("btkgh,bskh->bkgts", q, keys).astype(jnp.float32) * cfg.attn_scale
+      scores = jnp.where(mask_BxTxS[:, None, None], scores, _NEG_INF)
+      probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+      out = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, n, h)
     out = jnp.einsum("blnh,nhd->bld", out, self.o[...].astype(dt))
     return out, new_cache
 
@@ -175,9 +177,10 @@ class Block(nnx.Module):
       self.attn_post_norm = RMSNorm(cfg.embed_dim, ("embed",), cfg, rngs=rngs)
       self.mlp_post_norm = RMSNorm(cfg.embed_dim, ("embed",), cfg, rngs=rngs)
 
-  def __call__(self, x, positions, inv_freq, window, segment_ids, cache_kv):
+  def __call__(self, x, positions, inv_freq, window, segment_ids, cache_kv,
+               return_kv: bool = False):
     h, new_cache = self.attn(self.attn_norm(x), positions, inv_freq, window, segment_ids,
-                             cache_kv)
+                             cache_kv, return_kv)
     if self.post_norms:
       h = self.attn_post_norm(h)
     x = x + h

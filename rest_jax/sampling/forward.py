@@ -25,7 +25,7 @@ from flax import nnx
 
 from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.models.config import ModelConfig
-from rest_jax.models.transformer import KVCache, apply_rope
+from rest_jax.models.transformer import apply_rope
 
 _NEG_INF = -1e30
 
@@ -128,15 +128,16 @@ def prefill(graphdef, params, tokens_PxT, lengths_P, kv_dtype):
   p, t = tokens_PxT.shape
   positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (p, t))
   x = _embed(model, tokens_PxT)
-  cache = KVCache.zeros(cfg, p, t, jnp.dtype(cfg.dtype))
   layer_graphdef, layer_state = nnx.split(model.layers)
 
   def body(x, xs):
-    state, (inv_freq, window), kv = xs
+    state, (inv_freq, window) = xs
     block = nnx.merge(layer_graphdef, state)
-    return block(x, positions, inv_freq, window, None, kv)
+    # Self-attention over the prompt rows (the platform's fused kernel), keeping the keys
+    # and values for the cache.
+    return block(x, positions, inv_freq, window, None, None, return_kv=True)
 
-  x, (k, v) = jax.lax.scan(body, x, (layer_state, _layer_consts(cfg), (cache.k, cache.v)))
+  x, (k, v) = jax.lax.scan(body, x, (layer_state, _layer_consts(cfg)))
   last = x[jnp.arange(p), lengths_P - 1][:, None]
   logits = _head(model, last)[:, 0]
   # [L, P, T, Kv, H] -> [L, P, Kv, T, H]

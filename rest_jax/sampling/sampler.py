@@ -230,6 +230,19 @@ class Sampler:
   def _params_sharding(self, params):
     return jax.tree.map(lambda x: x.sharding, params)
 
+  def decode_params(self, params):
+    """`params` in the model's compute dtype, for sampling: float32 master weights of a
+    bfloat16 model are cast once, on the devices and in their shardings (a Generate phase
+    calls this once; no host copy). Identity when they are already in it."""
+    dt = jnp.dtype(self.config.dtype)
+    cast = lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    if not any(jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dt
+               for x in jax.tree.leaves(params)):
+      return params
+    sh = self._params_sharding(params)
+    return self._call("cast_params", (), lambda p: jax.tree.map(cast, p), (params,), (sh,), sh,
+                      ())
+
   def _prefill(self, params, store, store_logits, tokens, lengths, rows):
     graphdef, kv_dtype = self.graphdef, self.cache_dtype
 
