@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "(resumes an existing WORKDIR)"),
     "eval": ("rest_jax.commands.eval", "a model's accuracy on a task (greedy and sampled pass@1, "
              "pass@k, maj@k), as the loop measures it; --baseline: a paired comparison"),
+    "plan": ("rest_jax.commands.plan", "compile a run's programs for a TPU slice without one: "
+             "per-chip memory, fit, collectives, estimated MFU and decode tokens/s"),
     "sample": ("rest_jax.commands.sample", "K samples of each prompt from a model, as JSON lines "
                "(text, token ids, finish reason, log-probability)"),
     "verify": ("rest_jax.commands.verify", "score completions with a verifier: one JSON verdict "

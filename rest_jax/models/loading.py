@@ -334,6 +334,47 @@ def load_model(spec: str, mesh=None, *, dtype: str = "float32", seed: int = 0,
                      f"{', '.join(sorted(PRESETS))})")
 
 
+def model_config_of(spec: str, *, dtype: str = "float32", compute_dtype: str | None = None,
+                    attention: str | None = None) -> tuple[ModelConfig, object]:
+  """(config, tokenizer) of what `load_model(spec)` would load, without reading any weights:
+  from the preset, the GGUF header, `config.json` or the checkpoint's meta. For planning."""
+  spec = str(spec)
+  rt = dict(compute_dtype=compute_dtype, attention=attention)
+  if spec in PRESETS:
+    cfg = PRESETS[spec]
+    tokenizer = (tokenizers_lib.ByteTokenizer(vocab_size=cfg.vocab_size) if spec not in PACKAGED
+                 else None)
+    if spec in PACKAGED:
+      try:
+        from rest_jax.models.gguf_import import GGUFModel
+        tokenizer = GGUFModel(packaged_gguf(spec)).tokenizer()
+      except WeightsError:
+        tokenizer = tokenizers_lib.ByteTokenizer(vocab_size=cfg.vocab_size)
+    return _with_dtype(cfg, dtype, **rt), tokenizer
+  if os.path.isfile(spec) and _is_gguf(spec):
+    from rest_jax.models.gguf_import import GGUFModel
+    model = GGUFModel(spec)
+    return _with_dtype(model.config(), dtype, **rt), model.tokenizer()
+  if os.path.isdir(spec) or spec.startswith("gs://"):
+    if os.path.exists(os.path.join(spec, "config.json")):
+      from rest_jax.models.hf_import import HFDirectory
+      model = HFDirectory(spec)
+      return _with_dtype(model.config(), dtype, **rt), model.tokenizer()
+    step_dir = _checkpoint_step_dir(spec)
+    if step_dir is not None:
+      from etils import epath
+      meta_path = epath.Path(step_dir) / "meta" / "metadata"
+      try:
+        meta = json.loads(meta_path.read_text())
+        cfg = config_from_dict(meta["model_config"])
+        tokenizer = tokenizers_lib.from_json_dict(meta["tokenizer"])
+      except (OSError, KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{meta_path}: cannot read the checkpoint's model: {e}") from e
+      return _with_dtype(cfg, dtype, **rt), tokenizer
+  raise WeightsError(f"{spec!r}: not a preset ({', '.join(sorted(PRESETS))}), a .gguf file, a "
+                     "Hugging Face directory (config.json) or an orbax checkpoint")
+
+
 def export_hf(loaded_or_params, out_dir, **kwargs) -> str:
   """See `rest_jax.models.hf_export.export_hf`."""
   from rest_jax.models.hf_export import export_hf as _export

@@ -176,6 +176,7 @@ class Sampler:
     if len(self.stop_ids) > MAX_STOP_IDS:
       raise ValueError(f"at most {MAX_STOP_IDS} stop ids are supported, got {self.stop_ids}")
     self._executables: dict = {}
+    self._planned: dict | None = None   # set while `plan` compiles without running
     self.compilations: list[tuple[str, float]] = []   # (program, seconds), in order
     self.stats: dict = {}                             # figures of the last generate()
 
@@ -220,7 +221,16 @@ class Sampler:
 
   def _call(self, name, static, fn, args, in_shardings, out_shardings, donate):
     """Compiles (once) and runs `fn` on `args`. Host inputs are put on their shardings first:
-    jit accepts numpy only for a single process."""
+    jit accepts numpy only for a single process. While `plan` runs, compiles only."""
+    if self._planned is not None:
+      abstract = lambda sh, a: jax.tree.map(
+          lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(
+              np.shape(x), np.asarray(x).dtype, sharding=sh), a)
+      args = jax.tree.map(abstract, in_shardings, args,
+                          is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+      self._planned[name] = self._program(name, static, fn, args, in_shardings, out_shardings,
+                                          donate)
+      return None
     args = jax.tree.map(
         lambda sh, a: a if all(isinstance(x, jax.Array) for x in jax.tree.leaves(a))
         else jax.device_put(a, sh), in_shardings, args,
@@ -323,6 +333,46 @@ class Sampler:
         "decode", (self.num_slots, cache.length, window, steps, spec), fn, args,
         (self._params_sharding(params), cache_sh, state_sh, self._replicated()),
         (cache_sh, state_sh, out_sh, out_sh, out_sh), donate=(1, 2))
+
+  def plan(self, params, *, prompt_len: int, num_samples: int,
+           sampling: SamplingParams) -> dict:
+    """Compiles, without running, the prefill, insert and decode programs that `generate` runs
+    for prompts of up to `prompt_len` tokens: {name: compiled}. `params` may be abstract
+    (ShapeDtypeStructs with shardings, e.g. on a TPU slice's mesh). The programs are the very
+    ones `generate` calls (same functions, shapes and shardings), at the largest prefill batch.
+    """
+    spec = filters.FilterSpec.of(sampling.temperature, sampling.top_k, sampling.top_p,
+                                 self.config.vocab_size)
+    run = sched.Run(self, params, [[0] * prompt_len], [0], num_samples, sampling, spec, 0,
+                    False, None)
+    cfg, S = self.config, self.num_slots
+    store_dt = sampling_model.storage_dtype(self.cache_dtype)
+
+    def cache(rows, length):
+      shape = DecodeCache.shape(cfg, rows, length)
+      sh = self._cache_sharding(shape)
+      return DecodeCache(jax.ShapeDtypeStruct(shape, store_dt, sharding=sh.k),
+                         jax.ShapeDtypeStruct(shape, store_dt, sharding=sh.v))
+
+    store = cache(run.store_rows, run.store_len)
+    logits = jax.ShapeDtypeStruct((run.store_rows, cfg.vocab_size), jnp.float32,
+                                  sharding=self._sharding(("batch", "vocab"),
+                                                          (run.store_rows, cfg.vocab_size)))
+    b = self.max_prefill_batch
+    i32 = lambda *shape: np.zeros(shape, np.int32)
+    state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                         jax.eval_shape(lambda: SlotState.empty(S)), self._state_sharding())
+    self._planned = {}
+    try:
+      self._prefill(params, store, logits, i32(b, run.store_len), i32(b), i32(b))
+      n = sched.pow2(S)
+      self._insert(cache(S, run.cache_len), state, store, logits, i32(n), i32(n),
+                   np.zeros((n,), np.uint32), np.zeros((n,), np.uint32), i32(n), run.seed,
+                   run.dyn, spec)
+      self._decode(params, cache(S, run.cache_len), state, run.dyn, spec, None)
+      return dict(self._planned)
+    finally:
+      self._planned = None
 
   def _zeros(self, name, make, sharding):
     exe = self._program(name, (), make, (), (), sharding, ())

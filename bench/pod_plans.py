@@ -1,0 +1,64 @@
+"""The "pod plans" table: `rest-jax plan` of the math template for a few presets on a few TPU
+slices (compile only, no TPU), as BENCHMARKS.md rows.
+
+  .venv/bin/python bench/pod_plans.py [--presets gemma3-1b,llama3-8b,qwen2.5-7b]
+                                      [--topologies v4-32,v5e-64,v5p-64,v6e-16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def plan(preset: str, topology: str) -> dict:
+  cmd = [os.path.join(os.path.dirname(sys.executable), "rest-jax"), "plan",
+         "--gin_file=runs/rest_em_math.gin", f"--gin.BASE_MODEL='{preset}'",
+         "--gin.MESH=(1, -1, 1)", "--gin.TASK='gsm8k'", f"--topology={topology}", "--json"]
+  t0 = time.perf_counter()
+  r = subprocess.run(cmd, capture_output=True, text=True,
+                     env={**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"})
+  seconds = time.perf_counter() - t0
+  try:
+    out = json.loads(r.stdout)
+  except json.JSONDecodeError:
+    return {"preset": preset, "topology": topology, "error": r.stderr.strip()[-300:],
+            "seconds": seconds}
+  out.update(preset=preset, seconds=seconds, refusal=r.stderr.strip().splitlines()[-1:]
+             if r.returncode == 2 else [])
+  return out
+
+
+def row(p: dict) -> str:
+  if "error" in p:
+    return f"| {p['preset']} | {p['topology']} | error: {p['error']} | | | | {p['seconds']:.0f} s |"
+  progs = {q["name"]: q for q in p["programs"]}
+  worst = max(progs.values(), key=lambda q: q["per_chip_bytes"] / q["usable_bytes"])
+  mem = f"{worst['per_chip_bytes'] / 2**30:.1f} of {worst['usable_bytes'] / 2**30:.1f} GiB ({worst['name']})"
+  train, decode = progs.get("train_step", {}), progs.get("decode", {})
+  mfu = f"{train['estimate']['mfu']:.0%}" if train.get("fits") and train.get("estimate") else "-"
+  tps = (f"{decode['estimate']['tokens_per_s_per_chip']:,.0f}"
+         if decode.get("fits") and decode.get("estimate") else "-")
+  fits = "yes" if p["fits"] else "no: " + "; ".join(p["refusal"])
+  return f"| {p['preset']} | {p['topology']} | {fits} | {mem} | {mfu} | {tps} | {p['seconds']:.0f} s |"
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--presets", default="gemma3-1b,llama3-8b,qwen2.5-7b")
+  ap.add_argument("--topologies", default="v4-32,v5e-64,v5p-64,v6e-16")
+  args = ap.parse_args()
+  print("| preset | slice | fits | largest per-chip memory | est. train MFU | est. decode "
+        "tok/s/chip | plan time |", flush=True)
+  print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
+  for preset in args.presets.split(","):
+    for topology in args.topologies.split(","):
+      print(row(plan(preset, topology)), flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,350 @@
+"""`rest-jax plan`: compile a run's programs for a TPU slice without one, and say what they need.
+
+The programs are the run's own, built by the same functions at the same shapes: the Improve
+train step (`training.improve._train_step`, at `ImproveConfig`'s batch, sequence length and
+accumulation, with remat and the run's optimizer) and the sampler's prefill, insert and decode
+programs (`Sampler.plan`, at `LoopConfig`'s slots and the cache length of the task's longest
+prompt plus `max_new_tokens`). Shapes come from the model's config (preset, GGUF/HF header or
+checkpoint meta); no weight is read. Each is compiled by the real TPU compiler (libtpu) against
+the slice's devices, which reports per-chip memory, or refuses a program that does not fit.
+
+Estimates (labelled so) use the published chip figures in `runtime/tpu_slices.py`:
+  time >= max(FLOPs / peak, HBM bytes / bandwidth) + collective bytes / ICI bandwidth,
+(the train step's FLOPs on the chip include the rematerialised forward pass),
+with FLOPs and bytes counted analytically (XLA's cost analysis counts a layer scan's body
+once) and collectives assumed not overlapped with compute, so the MFU estimate is a lower
+bound of what the compiled program can reach, never an optimistic one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rest_jax.loop.rest_em import LoopConfig
+from rest_jax.models import loading
+from rest_jax.models import params as params_lib
+from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.runtime import tpu_slices
+from rest_jax.sampling.sampler import Sampler, SamplingParams
+from rest_jax.training import improve
+from rest_jax.training import state as state_lib
+from rest_jax.training import step as training
+
+_COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "collective-permute",
+                "all-to-all")
+_OOM = re.compile(r"total memory required[^(]*\(([\d.]+)([KMGT])")
+GiB = 2 ** 30
+
+
+@dataclasses.dataclass
+class Program:
+  name: str
+  fits: bool
+  per_chip_bytes: float          # arguments + outputs - aliased + temporaries
+  usable_bytes: float
+  argument_bytes: float = 0.0
+  temp_bytes: float = 0.0
+  flops: float = 0.0             # per chip per call, analytic
+  hbm_bytes: float = 0.0         # per chip per call, analytic lower bound
+  collective_bytes: float = 0.0  # per chip per call, analytic (FSDP gathers/scatters)
+  collectives: dict = dataclasses.field(default_factory=dict)   # kind -> count in the HLO
+  estimate: dict = dataclasses.field(default_factory=dict)
+  error: str = ""
+
+
+@dataclasses.dataclass
+class Plan:
+  topology: str
+  slice: tpu_slices.Slice
+  mesh_shape: dict
+  model: str
+  params: int
+  programs: list
+
+  @property
+  def fits(self) -> bool:
+    return all(p.fits for p in self.programs)
+
+
+def _compile(lower_fn, usable: float) -> tuple:
+  """(compiled or None, fits, per-chip bytes, error text)."""
+  try:
+    compiled = lower_fn().compile()
+  except Exception as e:  # pylint: disable=broad-except
+    text = str(e)
+    if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
+      raise
+    return None, False, _oom_bytes(text), text.splitlines()[0][:300]
+  mem = compiled.memory_analysis()
+  need = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes)
+  return compiled, need <= usable, float(need), ""
+
+
+def _oom_bytes(text: str) -> float:
+  """What the compiler's out-of-memory message says the program needs per chip."""
+  m = _OOM.search(text)
+  return (float(m.group(1)) * {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2)]
+          if m else float("nan"))
+
+
+def _collective_counts(compiled) -> dict:
+  text = compiled.as_text()
+  return {k: len(re.findall(rf"\b{k}(?:-start)?\(", text)) for k in _COLLECTIVES
+          if re.search(rf"\b{k}(?:-start)?\(", text)}
+
+
+def _bytes_of(tree) -> float:
+  return float(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def _abstract_params(cfg, mesh):
+  graphdef, abstract = params_lib.abstract_params(cfg, remat=True)
+  sh = params_lib.shardings(mesh, abstract)
+  return graphdef, jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                abstract, sh)
+
+
+def plan_train(cfg, graphdef, params, mesh, slice_, *, batch, seq, accum, steps=1000):
+  chip = slice_.chip
+  _, shardings, step = improve._train_step(graphdef, params, mesh, steps, accum)  # pylint: disable=protected-access
+  opt = training.make_optimizer(total_steps=steps)
+  state = state_lib.abstract_state(mesh, params, opt)
+  sh = mesh_lib.batch_sharding(mesh, 2)
+  data = {k: jax.ShapeDtypeStruct((batch, seq), jnp.float32 if k == "decoder_loss_weights"
+                                  else jnp.int32, sharding=sh) for k in training.BATCH_KEYS}
+  with jax.default_matmul_precision("default"):
+    compiled, fits, need, err = _compile(lambda: step.lower(state, data), chip.usable_hbm)
+  chips = mesh.devices.size
+  tokens = batch * seq / chips
+  n_matmul = cfg.num_params() - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.embed_dim)
+  flops = tokens * (6 * n_matmul + 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq)
+  param_bytes = _bytes_of(params)
+  fsdp = mesh.shape["fsdp"] * mesh.shape["data"]
+  # FSDP: parameters gathered for the forward pass and again for the rematerialised backward
+  # pass (compute dtype), gradients reduce-scattered (float32), each at (n - 1) / n per chip.
+  compute_bytes = param_bytes * jnp.dtype(cfg.dtype).itemsize / jnp.dtype(cfg.param_dtype).itemsize
+  coll = (2 * compute_bytes + param_bytes) * (fsdp - 1) / fsdp / max(1, mesh.shape["tensor"])
+  hbm = 3 * param_bytes / chips * 4   # params, grads, two Adam moments read/written, per chip
+  prog = Program("train_step", fits, need, chip.usable_hbm, flops=flops, hbm_bytes=hbm,
+                 collective_bytes=coll, error=err)
+  if compiled is not None:
+    mem = compiled.memory_analysis()
+    prog.argument_bytes, prog.temp_bytes = mem.argument_size_in_bytes, mem.temp_size_in_bytes
+    prog.collectives = _collective_counts(compiled)
+  # remat recomputes the forward pass in the backward pass: 8N per token on the chip, of which
+  # the 6N of the model count towards MFU.
+  t = max(flops * 4 / 3 / chip.peak_flops, hbm / chip.hbm_bandwidth) + coll / chip.ici_bandwidth
+  prog.estimate = {"step_s": t, "mfu": flops / chip.peak_flops / t,
+                   "tokens_per_s_per_chip": tokens / t}
+  return prog
+
+
+def plan_sampler(cfg, graphdef, params, mesh, slice_, tokenizer, *, slots, prompt_len,
+                 max_new_tokens, num_samples, cache_dtype):
+  chip = slice_.chip
+  sampler = Sampler(graphdef, cfg, tokenizer, mesh, num_slots=slots, cache_dtype=cache_dtype)
+  sampling = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
+  out = []
+  try:
+    with jax.default_matmul_precision("default"):
+      compiled = sampler.plan(params, prompt_len=prompt_len, num_samples=num_samples,
+                              sampling=sampling)
+  except Exception as e:  # pylint: disable=broad-except
+    if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
+      raise
+    return [Program("sampler", False, _oom_bytes(str(e)), chip.usable_hbm,
+                    error=str(e).splitlines()[0][:300])]
+  chips = mesh.devices.size
+  param_bytes = _bytes_of(params) / chips
+  for name, exe in compiled.items():
+    mem = exe.memory_analysis()
+    need = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes)
+    prog = Program(name, need <= chip.usable_hbm, float(need), chip.usable_hbm,
+                   argument_bytes=mem.argument_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+                   collectives=_collective_counts(exe))
+    if name == "decode":
+      cache_bytes = mem.argument_size_in_bytes - param_bytes
+      steps = sampler.steps_per_dispatch
+      prog.flops = steps * 2 * cfg.num_params() * slots / chips
+      prog.hbm_bytes = steps * (param_bytes + cache_bytes)
+      t = max(prog.flops / chip.peak_flops, prog.hbm_bytes / chip.hbm_bandwidth)
+      prog.estimate = {"step_s": t / steps, "tokens_per_s_per_chip": slots * steps / t / chips}
+    out.append(prog)
+  return out
+
+
+def _prompt_len(cfg: LoopConfig, tokenizer, fallback: int = 256) -> int:
+  """The longest training prompt, in tokens (the cache the Generate phase needs)."""
+  try:
+    from rest_jax.tasks import get_task
+    task = get_task(cfg.task, tokenizer=tokenizer)
+    probs = task.problems("train")[:cfg.num_train_prompts]
+    return max(len(tokenizer.encode(p.prompt)) for p in probs) + 1
+  except Exception:  # pylint: disable=broad-except
+    return fallback
+
+
+def plan_run(topology: str, num_slices: int = 1, mesh_shape=None,
+             only: set | None = None) -> Plan:
+  """Compiles every program of the gin-configured run for `topology` (or those in `only`:
+  'train_step', 'sampler'); see the module doc."""
+  slice_ = tpu_slices.parse(topology, num_slices)
+  devices = slice_.devices()
+  loop = LoopConfig(workdir="plan")
+  cfg, tokenizer = loading.model_config_of(loop.model, dtype=loop.param_dtype,
+                                           compute_dtype=loop.compute_dtype,
+                                           attention=loop.attention)
+  devices = sorted(devices, key=lambda d: (getattr(d, "slice_index", 0) or 0, d.id))
+  # The mesh `rest-jax run` builds (create_mesh.shape from gin) over the slice's devices.
+  mesh = (mesh_lib.create_mesh(mesh_shape, devices) if mesh_shape
+          else mesh_lib.create_mesh(devices=devices))
+  if num_slices > 1 and mesh.shape["data"] == 1:   # data parallelism across slices
+    mesh = mesh_lib.create_mesh((num_slices, -1, mesh.shape["tensor"]), devices)
+  graphdef, params = _abstract_params(cfg, mesh)
+  icfg = improve.ImproveConfig()
+  programs = []
+  if only is None or "train_step" in only:
+    programs.append(plan_train(cfg, graphdef, params, mesh, slice_, batch=icfg.batch_size,
+                               seq=icfg.seq_len, accum=icfg.accum_steps))
+  if only is not None and "sampler" not in only:
+    return Plan(topology, slice_, dict(mesh.shape), loop.model, cfg.num_params(), programs)
+  if tokenizer is None:
+    from rest_jax.tokenizers import ByteTokenizer
+    tokenizer = ByteTokenizer(vocab_size=cfg.vocab_size)
+  # Generate: each host samples on its own chips (runtime.distributed.local_mesh).
+  host = [d for d in devices if d.process_index == devices[0].process_index
+          and getattr(d, "slice_index", 0) == getattr(devices[0], "slice_index", 0)]
+  host = sorted(host, key=lambda d: d.id)
+  sample_mesh = mesh if len(host) == len(devices) else mesh_lib.local_mesh(mesh, host)
+  sample_params = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, jnp.dtype(cfg.dtype) if jnp.issubdtype(
+          a.dtype, jnp.floating) else a.dtype, sharding=s),
+      params, params_lib.shardings(sample_mesh, params))
+  programs += plan_sampler(cfg, graphdef, sample_params, sample_mesh, slice_, tokenizer,
+                           slots=loop.sampler_slots, prompt_len=_prompt_len(loop, tokenizer),
+                           max_new_tokens=loop.max_new_tokens, num_samples=loop.num_samples,
+                           cache_dtype=loop.compute_dtype)
+  return Plan(topology, slice_, dict(mesh.shape), loop.model, cfg.num_params(), programs)
+
+
+def _family_of(name: str) -> str:
+  return {"train_step": "train_step"}.get(name, "sampler")
+
+
+def _state_bytes_per_chip(plan_params: int, param_dtype: str, chips: int) -> float:
+  """Parameters and AdamW's two moments, evenly sharded (the floor of the train step)."""
+  return 3 * plan_params * jnp.dtype(param_dtype).itemsize / chips
+
+
+def _fits_elsewhere(topology: str, num_slices: int, only: set) -> bool:
+  """Whether the failing programs fit on another slice. libtpu compiles for one topology per
+  process (a second one aborts it), so this runs `rest-jax plan` in a child process on the
+  config in force."""
+  import gin
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "config.gin")
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(gin.config_str())
+    r = subprocess.run([sys.executable, "-m", "rest_jax.cli", "plan", f"--gin_file={path}",
+                        f"--topology={topology}", f"--num_slices={num_slices}", "--json",
+                        "--no_suggest", f"--only={','.join(sorted(only))}"],
+                       capture_output=True, text=True,
+                       env={**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"})
+  try:
+    return bool(json.loads(r.stdout)["fits"])
+  except (json.JSONDecodeError, KeyError):
+    return False
+
+
+def suggest(topology: str, num_slices: int, plan: Plan) -> str | None:
+  """A change that makes every failing program fit, found by compiling alternatives (the
+  cheapest first): micro-batches, fewer sampler slots, bfloat16 parameters, then larger
+  slices of the same generation. Its description, or None."""
+  import gin
+  failing = {_family_of(p.name) for p in plan.programs if not p.fits}
+  loop = LoopConfig(workdir="plan")
+  icfg = improve.ImproveConfig()
+  chips = plan.slice.chips * plan.slice.num_slices
+  usable = plan.slice.chip.usable_hbm
+  state_fits = _state_bytes_per_chip(plan.params, loop.param_dtype, chips) < 0.9 * usable
+  # (description, gin bindings, topology, the programs it can help); only candidates that can
+  # help every failing program are tried.
+  cands: list[tuple[str, dict, str, set]] = []
+  if state_fits:
+    cands += [(f"ImproveConfig.accum_steps={a}", {"ImproveConfig.accum_steps": a}, topology,
+               {"train_step"}) for a in (2 * icfg.accum_steps, 4 * icfg.accum_steps)
+              if icfg.batch_size % a == 0]
+  cands += [(f"LoopConfig.sampler_slots={n}", {"LoopConfig.sampler_slots": n}, topology,
+             {"sampler"}) for n in (loop.sampler_slots // 2, loop.sampler_slots // 4) if n >= 8]
+  if loop.param_dtype == "float32":
+    cands.append(("LoopConfig.param_dtype='bfloat16'", {"LoopConfig.param_dtype": "bfloat16"},
+                  topology, {"train_step"}))
+  fam = plan.slice.chip.family
+  bigger = [n for n in tpu_slices.valid_names() if n.startswith(fam + "-")
+            and plan.slice.chips < tpu_slices.parse(n).chips <= 8 * plan.slice.chips]
+  cands += [(f"--topology={n}", {}, n, {"train_step", "sampler"}) for n in bigger
+            if _state_bytes_per_chip(plan.params, loop.param_dtype,
+                                     tpu_slices.parse(n).chips * num_slices) < 0.9 * usable]
+  cands = [c for c in cands if failing <= c[3]]
+  # The values in force now, to put back after each alternative (gin cannot unbind one).
+  current = {"ImproveConfig.accum_steps": icfg.accum_steps,
+             "LoopConfig.sampler_slots": loop.sampler_slots,
+             "LoopConfig.param_dtype": loop.param_dtype}
+  for desc, bindings, topo, _ in cands:
+    if topo != topology:
+      if _fits_elsewhere(topo, num_slices, failing):
+        return desc
+      continue
+    with gin.unlock_config():
+      for k, v in bindings.items():
+        gin.bind_parameter(k, v)
+    try:
+      alt = plan_run(topo, num_slices, only=failing)
+    finally:
+      with gin.unlock_config():
+        for k in bindings:
+          gin.bind_parameter(k, current[k])
+    if alt.fits:
+      return desc
+  return None
+
+
+def table(plan: Plan) -> str:
+  s = plan.slice
+  lines = [f"{plan.model} ({plan.params / 1e9:.2f}B parameters) on {plan.topology}: "
+           f"{s.chips * s.num_slices} chips ({s.topology_name}"
+           f"{f' x {s.num_slices} slices' if s.num_slices > 1 else ''}), {s.hosts} hosts, mesh "
+           + " x ".join(f"{k}={v}" for k, v in plan.mesh_shape.items()),
+           f"{'program':<12} {'fits':<5} {'per chip':>10} {'of HBM':>8} {'temp':>9}  "
+           f"estimate (analytic, collectives not overlapped)  collectives in the program"]
+  for p in plan.programs:
+    est = "" if p.fits else "does not fit"
+    if p.fits and p.name == "train_step" and p.estimate:
+      est = (f"{p.estimate['step_s'] * 1e3:.0f} ms/step, MFU {p.estimate['mfu']:.0%}, "
+             f"{p.estimate['tokens_per_s_per_chip']:,.0f} tok/s/chip")
+    elif p.fits and p.name == "decode" and p.estimate:
+      est = f"{p.estimate['tokens_per_s_per_chip']:,.0f} new tok/s/chip"
+    coll = ", ".join(f"{k} {v}" for k, v in p.collectives.items()) or "-"
+    lines.append(f"{p.name:<12} {'yes' if p.fits else 'NO':<5} {p.per_chip_bytes / GiB:>8.2f}G "
+                 f"{p.per_chip_bytes / p.usable_bytes:>8.0%} {p.temp_bytes / GiB:>8.2f}G  "
+                 f"{est:<47} {coll}")
+  return "\n".join(lines)
+
+
+def to_json(plan: Plan) -> dict:
+  return {"topology": plan.topology, "topology_name": plan.slice.topology_name,
+          "chips": plan.slice.chips * plan.slice.num_slices, "hosts": plan.slice.hosts,
+          "mesh": plan.mesh_shape, "model": plan.model, "params": plan.params,
+          "fits": plan.fits, "programs": [dataclasses.asdict(p) for p in plan.programs]}

@@ -1,0 +1,119 @@
+"""`rest-jax plan`: a run's programs compiled for TPU slices on this CPU machine (libtpu)."""
+
+import json
+import os
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from rest_jax import cli  # noqa: E402
+from rest_jax.runtime import tpu_slices  # noqa: E402
+
+
+def _plan(capsys, *flags):
+  code = cli.main(["plan", "--gin_file=runs/demo.gin", "--json", *flags])
+  out = capsys.readouterr()
+  return code, out
+
+
+def test_demo_fits_on_v5e_8_and_reports_every_program(capsys):
+  code, out = _plan(capsys, "--topology=v5e-8")
+  assert code == 0, out.err
+  plan = json.loads(out.out)
+  assert plan["fits"] and plan["chips"] == 8 and plan["topology_name"] == "v5e:2x4"
+  progs = {p["name"]: p for p in plan["programs"]}
+  assert set(progs) == {"train_step", "prefill", "insert", "decode"}
+  for p in progs.values():
+    assert 0 < p["per_chip_bytes"] < p["usable_bytes"] == pytest.approx(15.75 * 2**30)
+  train = progs["train_step"]
+  assert "all-gather" in train["collectives"]          # FSDP over the 8 chips
+  assert 0 < train["estimate"]["mfu"] < 0.9
+  assert progs["decode"]["estimate"]["tokens_per_s_per_chip"] > 0
+
+
+def test_parameter_and_optimizer_memory_agree_with_the_shardings():
+  """The compiled train step's arguments are the train state's shards plus the batch's (dims
+  chosen as multiples of the TPU's (8, 128) tiles, so layout padding does not blur it)."""
+  from rest_jax.loop import plan as plan_lib
+  from rest_jax.models.config import ModelConfig
+  from rest_jax.runtime import mesh as mesh_lib
+  from rest_jax.training import state as state_lib
+  from rest_jax.training import step as training
+  slice_ = tpu_slices.parse("v5e-8")
+  mesh = mesh_lib.create_mesh((1, -1, 1), slice_.devices())
+  cfg = ModelConfig(family="llama", vocab_size=4096, num_layers=8, embed_dim=1024, num_heads=8,
+                    num_kv_heads=8, head_dim=128, mlp_dim=2048, max_seq_len=512)
+  graphdef, params = plan_lib._abstract_params(cfg, mesh)  # pylint: disable=protected-access
+  train = plan_lib.plan_train(cfg, graphdef, params, mesh, slice_, batch=16, seq=512, accum=1)
+  state = state_lib.abstract_state(mesh, params, training.make_optimizer())
+  shard_bytes = lambda x: np.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+  expected = (sum(shard_bytes(x) for x in jax.tree.leaves(state))
+              + len(training.BATCH_KEYS) * 16 * 512 * 4 / 8)
+  assert train.fits
+  assert train.argument_bytes == pytest.approx(expected, rel=0.03)
+
+
+def test_two_slices_compile_with_data_parallelism_across_them(capsys):
+  code, out = _plan(capsys, "--topology=v5e-4", "--num_slices=2")
+  assert code == 0, out.err
+  plan = json.loads(out.out)
+  assert plan["chips"] == 8 and plan["mesh"]["data"] == 2 and plan["fits"]
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("v5e-12", "valid v5e slices are v5e-1, v5e-4, v5e-8"),
+    ("v5e:4x4x4", "v5e topologies are 2-D"),
+    ("tpu-8", "expected a gcloud accelerator type"),
+    ("v9-8", "unknown TPU generation"),
+])
+def test_a_bad_topology_is_one_line_and_exit_2(capsys, name, expect):
+  code, out = _plan(capsys, f"--topology={name}")
+  assert code == 2
+  lines = out.err.strip().splitlines()
+  assert len(lines) == 1 and expect in lines[0], out.err
+
+
+def test_gcloud_names_map_to_topologies():
+  assert tpu_slices.parse("v5p-128").topology_name == "v5p:4x4x4"
+  assert tpu_slices.parse("v5litepod-16").topology_name == "v5e:4x4"
+  assert tpu_slices.parse("v4-32").topology_name == "v4:2x2x4"
+  assert tpu_slices.parse("v6e-64").topology_name == "v6e:8x8"
+  assert tpu_slices.parse("v4-32").hosts == 4 and tpu_slices.parse("v5e-8").hosts == 1
+
+
+def test_the_planned_sampler_programs_are_the_ones_generate_compiles():
+  """No second code path: `Sampler.plan` compiles what a real `generate` compiles."""
+  from rest_jax.models import PRESETS, init_params
+  from rest_jax.runtime import mesh as mesh_lib
+  from rest_jax.sampling.sampler import Sampler, SamplingParams
+  from rest_jax.tokenizers import ByteTokenizer
+  mesh = mesh_lib.create_mesh((1, 4, 2))
+  cfg = PRESETS["tiny"]
+  graphdef, params = init_params(cfg, mesh)
+  sampling = SamplingParams(temperature=1.0, max_new_tokens=24)
+  make = lambda: Sampler(graphdef, cfg, ByteTokenizer(vocab_size=cfg.vocab_size), mesh,
+                         num_slots=8, max_prefill_batch=1)
+  real, planned = make(), make()
+  real.generate(params, [[5] * 40], num_samples=8, sampling=sampling, seed=0)
+  planned.plan(params, prompt_len=40, num_samples=8, sampling=sampling)
+  programs = lambda s: sorted(d for d, _ in s.compilations if not d.startswith("zeros"))
+  assert programs(planned) == programs(real)
+
+
+def test_a_config_that_does_not_fit_is_refused_with_a_change_that_fits(capsys):
+  """Activations of 384 x 2048 tokens do not fit one v5e chip; micro-batches do, and the
+  suggested binding is checked by planning again with it."""
+  big = ["--gin.ImproveConfig.batch_size=384", "--gin.ImproveConfig.seq_len=2048"]
+  code, out = _plan(capsys, "--topology=v5e-1", *big)
+  assert code == 2
+  plan = json.loads(out.out)
+  train = next(p for p in plan["programs"] if p["name"] == "train_step")
+  assert not train["fits"] and train["per_chip_bytes"] > train["usable_bytes"]
+  line = out.err.strip().splitlines()[-1]
+  assert "train_step needs" in line and "this fits: ImproveConfig.accum_steps=" in line, line
+  fix = line.split("this fits: ")[1]
+  code, out = _plan(capsys, "--topology=v5e-1", *big, f"--gin.{fix}")
+  assert code == 0, out.err
