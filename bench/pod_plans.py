@@ -18,7 +18,8 @@ import time
 def plan(preset: str, topology: str) -> dict:
   cmd = [os.path.join(os.path.dirname(sys.executable), "rest-jax"), "plan",
          "--gin_file=runs/rest_em_math.gin", f"--gin.BASE_MODEL='{preset}'",
-         "--gin.MESH=(1, -1, 1)", "--gin.TASK='gsm8k'", f"--topology={topology}", "--json"]
+         "--gin.MESH=(1, -1, 1)", "--gin.TASK='gsm8k'", f"--topology={topology}", "--json",
+         "--no_suggest"]
   t0 = time.perf_counter()
   r = subprocess.run(cmd, capture_output=True, text=True,
                      env={**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"})
@@ -28,8 +29,7 @@ def plan(preset: str, topology: str) -> dict:
   except json.JSONDecodeError:
     return {"preset": preset, "topology": topology, "error": r.stderr.strip()[-300:],
             "seconds": seconds}
-  out.update(preset=preset, seconds=seconds, refusal=r.stderr.strip().splitlines()[-1:]
-             if r.returncode == 2 else [])
+  out.update(preset=preset, seconds=seconds)
   return out
 
 
@@ -37,13 +37,15 @@ def row(p: dict) -> str:
   if "error" in p:
     return f"| {p['preset']} | {p['topology']} | error: {p['error']} | | | | {p['seconds']:.0f} s |"
   progs = {q["name"]: q for q in p["programs"]}
-  worst = max(progs.values(), key=lambda q: q["per_chip_bytes"] / q["usable_bytes"])
+  sized = [q for q in progs.values() if q["per_chip_bytes"] == q["per_chip_bytes"]]  # not NaN
+  worst = max(sized, key=lambda q: q["per_chip_bytes"] / q["usable_bytes"])
   mem = f"{worst['per_chip_bytes'] / 2**30:.1f} of {worst['usable_bytes'] / 2**30:.1f} GiB ({worst['name']})"
   train, decode = progs.get("train_step", {}), progs.get("decode", {})
   mfu = f"{train['estimate']['mfu']:.0%}" if train.get("fits") and train.get("estimate") else "-"
   tps = (f"{decode['estimate']['tokens_per_s_per_chip']:,.0f}"
          if decode.get("fits") and decode.get("estimate") else "-")
-  fits = "yes" if p["fits"] else "no: " + "; ".join(p["refusal"])
+  fits = "yes" if p["fits"] else "no: " + "; ".join(
+      f"{q['name']}: {q['error'] or 'out of memory'}" for q in progs.values() if not q["fits"])
   return f"| {p['preset']} | {p['topology']} | {fits} | {mem} | {mfu} | {tps} | {p['seconds']:.0f} s |"
 
 

@@ -56,6 +56,7 @@ def main(args) -> int:
            "no alternative tried fits (micro-batches, fewer sampler slots, bfloat16 "
            "parameters, slices up to 8x larger)")
     print(f"rest-jax plan: does not fit on {args.topology}: " + "; ".join(
+        f"{p.name}: {p.error}" if p.per_chip_bytes != p.per_chip_bytes else
         f"{p.name} needs {p.per_chip_bytes / 2**30:.2f}G per chip of "
         f"{p.usable_bytes / 2**30:.2f}G" for p in worst) + f"; {fix}", file=sys.stderr)
     return 2

@@ -44,6 +44,8 @@ _COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "collective-permut
                 "all-to-all")
 _OOM = re.compile(r"total memory required[^(]*\(([\d.]+)([KMGT])")
 GiB = 2 ** 30
+_PER_HOST_SAMPLING = ("per-host sampling cannot compile on this slice: its programs must span "
+                      "every chip (limited ICI routing); it needs sampling on the global mesh")
 
 
 @dataclasses.dataclass
@@ -161,6 +163,11 @@ def plan_sampler(cfg, graphdef, params, mesh, slice_, tokenizer, *, slots, promp
       compiled = sampler.plan(params, prompt_len=prompt_len, num_samples=num_samples,
                               sampling=sampling)
   except Exception as e:  # pylint: disable=broad-except
+    if "limited ICI routing" in str(e):
+      # Seen on multi-host v5e slices: a program must span every chip of the slice, so the
+      # loop's per-host sampling (each host on its own chips) cannot compile there.
+      return [Program("sampler", False, float("nan"), chip.usable_hbm,
+                      error=_PER_HOST_SAMPLING)]
     if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
       raise
     return [Program("sampler", False, _oom_bytes(str(e)), chip.usable_hbm,
@@ -227,6 +234,10 @@ def plan_run(topology: str, num_slices: int = 1, mesh_shape=None,
   host = [d for d in devices if d.process_index == devices[0].process_index
           and getattr(d, "slice_index", 0) == getattr(devices[0], "slice_index", 0)]
   host = sorted(host, key=lambda d: d.id)
+  if len(host) < len(devices) and not slice_.chip.subslice_programs:
+    programs.append(Program("sampler", False, float("nan"), slice_.chip.usable_hbm,
+                            error=_PER_HOST_SAMPLING))
+    return Plan(topology, slice_, dict(mesh.shape), loop.model, cfg.num_params(), programs)
   sample_mesh = mesh if len(host) == len(devices) else mesh_lib.local_mesh(mesh, host)
   sample_params = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, jnp.dtype(cfg.dtype) if jnp.issubdtype(
@@ -330,7 +341,8 @@ def table(plan: Plan) -> str:
            f"{'program':<12} {'fits':<5} {'per chip':>10} {'of HBM':>8} {'temp':>9}  "
            f"estimate (analytic, collectives not overlapped)  collectives in the program"]
   for p in plan.programs:
-    est = "" if p.fits else "does not fit"
+    est = "" if p.fits else (p.error[:47] if p.error and p.per_chip_bytes != p.per_chip_bytes
+                             else "does not fit")
     if p.fits and p.name == "train_step" and p.estimate:
       est = (f"{p.estimate['step_s'] * 1e3:.0f} ms/step, MFU {p.estimate['mfu']:.0%}, "
              f"{p.estimate['tokens_per_s_per_chip']:,.0f} tok/s/chip")

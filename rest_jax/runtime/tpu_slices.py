@@ -32,14 +32,19 @@ class Chip:
   dims: int                    # torus dimensions of the topology name
   topology_kind: str           # the KIND of `KIND:AxBxC`
   chip_config_name: str | None = None
+  # v5e and v6e route ICI only within a whole slice: the compiler refuses (or aborts on) a
+  # program over some of a multi-host slice's chips, e.g. one host's.
+  subslice_programs: bool = True
 
 
 _G = 2 ** 30   # the compiler's "G" in its out-of-memory messages
 CHIPS = {
     "v4": Chip("v4", 275e12, 1.2e12, 4 * 50e9, 30.75 * _G, True, 3, "v4", "megacore"),
-    "v5e": Chip("v5e", 197e12, 0.819e12, 4 * 50e9, 15.75 * _G, False, 2, "v5e"),
+    "v5e": Chip("v5e", 197e12, 0.819e12, 4 * 50e9, 15.75 * _G, False, 2, "v5e",
+                subslice_programs=False),
     "v5p": Chip("v5p", 459e12, 2.765e12, 6 * 100e9, 95.74 * _G, True, 3, "v5p"),
-    "v6e": Chip("v6e", 918e12, 1.64e12, 4 * 112e9, 31.25 * _G, False, 2, "v6e"),
+    "v6e": Chip("v6e", 918e12, 1.64e12, 4 * 112e9, 31.25 * _G, False, 2, "v6e",
+                subslice_programs=False),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v5": "v5p"}
 _SHAPES_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),
