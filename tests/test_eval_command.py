@@ -20,6 +20,7 @@ RUN = [
     "--gin.LoopConfig.iterations=1", "--gin.LoopConfig.sft_baseline=False",
     "--gin.LoopConfig.num_train_prompts=32", "--gin.LoopConfig.num_samples=4",
     "--gin.LoopConfig.num_eval_prompts=12", "--gin.LoopConfig.num_eval_train_prompts=4",
+    "--gin.LoopConfig.num_val_prompts=8",
     "--gin.LoopConfig.eval_samples=2", "--gin.LoopConfig.eval_ks=(1, 2)",
     "--gin.LoopConfig.prompts_per_shard=8", "--gin.LoopConfig.base_sft_steps=30",
     "--gin.LoopConfig.max_new_tokens=24", "--gin.LoopConfig.sampler_slots=16",

@@ -14,6 +14,7 @@ SMALL = [
     "--gin_file=runs/demo.gin",
     "--gin.LoopConfig.iterations=2", "--gin.LoopConfig.num_train_prompts=32",
     "--gin.LoopConfig.num_eval_prompts=16", "--gin.LoopConfig.num_eval_train_prompts=8",
+    "--gin.LoopConfig.num_val_prompts=8",
     "--gin.LoopConfig.num_samples=4", "--gin.LoopConfig.eval_samples=2",
     "--gin.LoopConfig.eval_ks=(1, 2)", "--gin.LoopConfig.prompts_per_shard=8",
     "--gin.LoopConfig.base_sft_steps=30", "--gin.LoopConfig.max_new_tokens=32",

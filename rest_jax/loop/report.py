@@ -22,16 +22,43 @@ def _metric(m: Mapping, split: str, key: str):
   return (m.get(split) or {}).get(key)
 
 
+def _diff(d: Mapping) -> str:
+  lo, hi = d["ci95"]
+  return f"{100 * d['difference']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def verdict_line(cmp: Mapping, method: str = "ReST-EM") -> str:
+  """One line: the best iteration (picked on validation) against the base and the SFT
+  baseline in test pass@1, each difference with its paired bootstrap 95% interval."""
+  parts = []
+  for key, label in (("vs_base", "the base"), ("vs_sft_human", "SFT on the human solutions")):
+    if key in cmp:
+      parts.append(f"{_diff(cmp[key])} over {label}"
+                   + ("" if cmp[key]["excludes_zero"] else " (interval includes 0)"))
+  head = (f"**Verdict: {method} gains.**" if cmp.get("gain")
+          else f"**Verdict: no gain shown by {method}.**")
+  return (f"{head} Best iteration by {cmp['selected_by'].replace('val ', 'validation ')}: "
+          f"iter_{cmp['best_iteration']:03d}; its test pass@1 is " + "; ".join(parts)
+          + f" (paired bootstrap 95% intervals over the same {cmp['test_prompts']} test "
+          "prompts and draws).")
+
+
 def markdown(rows: Sequence[Mapping], title: str, ks: Sequence[int],
-             method: str = "ReST-EM") -> str:
-  """One table row per stage: base, SFT on human data, then each ReST-EM iteration."""
+             method: str = "ReST-EM", verdict: str | None = None) -> str:
+  """One table row per stage: base, SFT on human data, then each ReST-EM iteration; the
+  verdict line (`verdict_line`) above the table when given."""
   kcols = [k for k in ks if k > 1]
+  has_val = any("val" in (r.get("metrics") or {}) for r in rows)
   head = (["stage", "kept", "solved (train)", "held-out greedy", "held-out pass@1 [95% CI]"]
           + [f"held-out pass@{k}" for k in kcols] + [f"held-out maj@{k}" for k in kcols]
-          + ["train pass@1", "time (s)"])
-  lines = [f"# {title}", "", "Accuracies in %; pass@1 is the mean over sampled completions, "
-           "greedy is temperature 0; intervals are bootstrap 95% over prompts.", "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+          + (["val pass@1"] if has_val else []) + ["train pass@1", "time (s)"])
+  lines = [f"# {title}", ""] + ([verdict, ""] if verdict else []) + [
+      "Accuracies in %; held-out is the test split (reported only, never used to select); "
+      "val is the validation split (training problems never sampled for training), which "
+      "picks the best iteration; train is training prompts without a human solution. pass@1 "
+      "is the mean over sampled completions, greedy is temperature 0; intervals are bootstrap "
+      "95% over prompts.", "",
+      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     m = r.get("metrics", {})
     counts = r.get("counts") or {}
@@ -41,12 +68,14 @@ def markdown(rows: Sequence[Mapping], title: str, ks: Sequence[int],
              _fmt(_metric(m, "heldout", "pass@1"), _metric(m, "heldout", "pass@1_ci95"))]
     cells += [_fmt(_metric(m, "heldout", f"pass@{k}")) for k in kcols]
     cells += [_fmt(_metric(m, "heldout", f"maj@{k}")) for k in kcols]
+    cells += [_fmt(_metric(m, "val", "pass@1"))] if has_val else []
     cells += [_fmt(_metric(m, "train", "pass@1")),
               " + ".join(f"{k} {v:.0f}" for k, v in times.items()) or "–"]
     lines.append("| " + " | ".join(cells) + " |")
   best = [r for r in rows if r.get("best")]
   if best:
-    lines += ["", f"Best {method} iteration by held-out pass@1: **{best[0]['stage']}**."]
+    by = "validation" if "val" in best[0].get("metrics", {}) else "train"
+    lines += ["", f"Best {method} iteration by {by} pass@1: **{best[0]['stage']}**."]
   return "\n".join(lines) + "\n"
 
 
@@ -81,7 +110,8 @@ def plot(rows: Sequence[Mapping], path, method: str = "ReST-EM") -> None:
   plt.close(fig)
 
 
-def write(workdir, rows: Sequence[Mapping], title: str, ks: Sequence[int]) -> None:
+def write(workdir, rows: Sequence[Mapping], title: str, ks: Sequence[int],
+          verdict: str | None = None) -> None:
   root = epath.Path(workdir)
-  workdir_lib.write_text(root / "report.md", markdown(rows, title, ks))
+  workdir_lib.write_text(root / "report.md", markdown(rows, title, ks, verdict=verdict))
   plot(rows, root / "report.png")

@@ -160,7 +160,7 @@ class ReSTLoop(loop_lib.Loop):
       return [r for p in paths for r in workdir_lib.read_jsonl(p)]
     t0 = time.time()
     rows, gstats = self._sample_split(
-        stage, "samples", self.problems("train", c.num_train_prompts),
+        stage, "samples", self.train_problems(),
         self.policy((g - 1) * self.rest.improve_steps), c.num_samples, False,
         c.seed * 1_000_003 + g)
     passed = [r for r in rows if float(r["reward"]) >= 1.0]

@@ -7,6 +7,12 @@ Stages, each made of named steps recorded in `state.json` once their outputs are
   sft_human     the paper's baseline: fine-tune the base on the human solutions, evaluate
   iter_NNN      generate (sharded) -> filter -> improve (from the base, or warm) -> evaluate
 
+Every stage is evaluated on the test split (reported only), the validation split (training
+problems never sampled for training; it picks the best iteration and drives early stopping)
+and the train split (training prompts without a human solution). `report.md` and the
+top-level `metrics.json` compare the best iteration with the base and the SFT baseline on the
+test split, with paired bootstrap intervals.
+
 This module is the only one that knows the order of phases.
 """
 
@@ -23,6 +29,7 @@ import jax
 from rest_jax.runtime import checkpoints as ckpt_lib
 from rest_jax.runtime import distributed as dist
 from rest_jax.loop import evaluate_model
+from rest_jax.loop import evaluation
 from rest_jax.loop import filtering
 from rest_jax.loop import generate
 from rest_jax.training import improve
@@ -57,6 +64,15 @@ class LoopConfig:
     available (to the base SFT and the SFT baseline); None: all of them, as in the paper.
     Fewer models the usual case where final answers are plentiful and worked solutions
     scarce: ReST-EM needs only the answers of all `num_train_prompts`.
+  num_val_prompts: a validation split carved from the task's training problems: the
+    `num_val_prompts` problems after the first `num_train_prompts` (with
+    `num_train_prompts=None`: the last ones). They are never sampled for training and give no
+    human solution; their pass@1 picks the best iteration and drives `early_stop`, so the test
+    split is only reported. 0: no validation split; selection then uses the train split's
+    pass@1 (training prompts without a human solution), never the test split.
+  num_eval_train_prompts: the "train" figures are measured on this many training prompts
+    that have no human solution (the base and the SFT baseline never saw their solutions);
+    all of them when every training prompt has one.
   param_dtype, compute_dtype: parameters (and the optimizer state) are stored in
     `param_dtype` and the model computes in `compute_dtype`. TPU/GPU configs use float32
     master weights with bfloat16 compute (softmax, norm statistics, the loss and
@@ -81,6 +97,7 @@ class LoopConfig:
   num_train_prompts: int | None = None
   num_eval_prompts: int | None = None
   num_eval_train_prompts: int = 64
+  num_val_prompts: int = 0
   num_human_solutions: int | None = None
   eval_samples: int = 4
   eval_ks: tuple[int, ...] = (1, 4)
@@ -175,10 +192,48 @@ class Loop:
     probs = self.task.problems(split)
     return probs if limit is None else probs[:limit]
 
+  def _train_and_val(self) -> tuple[list, list]:
+    """(the training prompts ReST-EM samples on, the validation prompts): disjoint slices of
+    the task's training problems, the same on every rerun (see `LoopConfig.num_val_prompts`)."""
+    c = self.cfg
+    probs = list(self.task.problems("train"))
+    nv = c.num_val_prompts
+    if nv < 0:
+      raise ValueError(f"LoopConfig.num_val_prompts must be >= 0, got {nv}")
+    if c.num_train_prompts is None:
+      train, val = probs[:len(probs) - nv], probs[len(probs) - nv:]
+    else:
+      train = probs[:c.num_train_prompts]
+      val = probs[c.num_train_prompts:c.num_train_prompts + nv]
+    if len(val) < nv or (nv and not train):
+      raise ValueError(
+          f"task {c.task!r} has {len(probs)} training problems: too few for "
+          f"num_train_prompts={c.num_train_prompts} and num_val_prompts={nv}")
+    return train, val
+
+  def train_problems(self) -> list:
+    """The training prompts Generate samples on (never the validation prompts)."""
+    return self._train_and_val()[0]
+
+  def val_problems(self) -> list:
+    return self._train_and_val()[1]
+
+  def _human_problems(self) -> list:
+    probs = [p for p in self.train_problems() if p.solution]
+    return probs[:self.cfg.num_human_solutions]
+
+  def train_eval_problems(self) -> list:
+    """The "train" evaluation prompts: training prompts whose human solution neither the base
+    SFT nor the SFT baseline saw (all training prompts when every one has one)."""
+    c = self.cfg
+    train = self.train_problems()
+    human = {p.id for p in self._human_problems()} if (c.base_sft_steps or c.sft_baseline) else set()
+    unseen = [p for p in train if p.id not in human]
+    return (unseen or train)[:c.num_eval_train_prompts]
+
   def human_examples(self) -> list[SFTExample]:
     """Human solutions of the training prompts the loop samples on (the SFT baseline's data)."""
-    probs = [p for p in self.problems("train", self.cfg.num_train_prompts) if p.solution]
-    probs = probs[:self.cfg.num_human_solutions]
+    probs = self._human_problems()
     if not probs:
       raise ValueError(f"task {self.cfg.task!r} has no human solutions: set "
                        "LoopConfig.sft_baseline=False and LoopConfig.base_sft_steps=0")
@@ -244,10 +299,13 @@ class Loop:
     settings = evaluate_model.EvalSettings.from_loop_config(c)
     t0 = time.time()
     out = {}
-    for split, limit, name in (("test", c.num_eval_prompts, "heldout"),
-                               ("train", c.num_eval_train_prompts, "train")):
+    splits = [("heldout", self.problems("test", c.num_eval_prompts))]
+    if c.num_val_prompts:
+      splits.append(("val", self.val_problems()))
+    splits.append(("train", self.train_eval_problems()))
+    for name, problems in splits:
       out[name] = evaluate_model.evaluate_split(
-          self.problems(split, limit), self.wd.root / stage, name, settings=settings,
+          problems, self.wd.root / stage, name, settings=settings,
           sampler=self.sampler, params=self._sampling_params(params),
           tokenizer=self.model.tokenizer, pool=self.pool, desc=stage,
           record=lambda subdir: self._record_shards(f"{stage}/{subdir}")).summary
@@ -290,7 +348,7 @@ class Loop:
     if not self.state.is_done(f"{stage}/filter"):
       t0 = time.time()
       rows, gstats = self._sample_split(
-          stage, "samples", self.problems("train", c.num_train_prompts), self.policy(i - 1),
+          stage, "samples", self.train_problems(), self.policy(i - 1),
           c.num_samples, False, c.seed * 1_000_003 + i)
       times["generate"] = round(time.time() - t0, 1)
       kept, counts = filtering.filter_samples(rows, max_per_prompt=c.max_per_prompt)
@@ -363,10 +421,62 @@ class Loop:
                      and stage == f"iter_{self.state.best_iteration:03d}"})
     return rows
 
+  def _stage_eval_rows(self, stage: str, ids: list[str]):
+    """STAGE's held-out (test) samples as `evaluation.per_prompt_metrics` takes them, read back
+    from its shard files (None if not evaluated)."""
+    d = self.wd.root / stage
+    if not (d / "metrics.json").exists():
+      return None
+    per_prompt: dict[str, list[dict]] = {pid: [] for pid in ids}
+    for path in sorted((d / "eval_heldout").glob("shard-*.jsonl")):
+      for r in workdir_lib.read_jsonl(path):
+        if r["prompt_id"] in per_prompt:
+          per_prompt[r["prompt_id"]].append(r)
+    for rows in per_prompt.values():
+      rows.sort(key=lambda r: r.get("sample_idx", 0))
+    greedy = {r["prompt_id"]: r["reward"] >= 1.0
+              for path in sorted((d / "eval_heldout_greedy").glob("shard-*.jsonl"))
+              for r in workdir_lib.read_jsonl(path)}
+    return evaluation.per_prompt_metrics(per_prompt, ks=(1,), greedy=greedy)
+
+  def comparison(self) -> dict | None:
+    """The best iteration (by validation) against the base and the SFT baseline on the test
+    split: differences of pass@1 with paired bootstrap 95% intervals (same prompts, same
+    draws), and a one-line verdict. None before any iteration is evaluated."""
+    if self.state.best_iteration is None:
+      return None
+    best = f"iter_{self.state.best_iteration:03d}"
+    ids = [p.id for p in self.problems("test", self.cfg.num_eval_prompts)]
+    mine = self._stage_eval_rows(best, ids)
+    if mine is None or "pass@1" not in mine:
+      return None
+    out = {"best_iteration": self.state.best_iteration,
+           "selected_by": f"{_selection_split(self._metrics_of(self.state.best_iteration))} pass@1",
+           "test_prompts": len(ids)}
+    for name, stage in (("base", "iter_000"), ("sft_human", "sft_human")):
+      theirs = self._stage_eval_rows(stage, ids)
+      if theirs is not None and "pass@1" in theirs:
+        out[f"vs_{name}"] = evaluation.paired_differences(
+            {"pass@1": mine["pass@1"]}, {"pass@1": theirs["pass@1"]})["pass@1"]
+    out["gain"] = bool(any(k.startswith("vs_") for k in out) and all(
+        out[k]["ci95"][0] > 0 for k in out if k.startswith("vs_")))
+    out["verdict"] = report.verdict_line(out, method="ReST-EM")
+    return out
+
   def _report(self):
     if self.is_writer:
-      report.write(self.wd.root, self.report_rows(),
-                   f"ReST-EM: {self.cfg.model} on {self.cfg.task}", self.cfg.eval_ks)
+      rows = self.report_rows()
+      cmp = self.comparison()
+      report.write(self.wd.root, rows, f"ReST-EM: {self.cfg.model} on {self.cfg.task}",
+                   self.cfg.eval_ks, verdict=cmp["verdict"] if cmp else None)
+      summary = {"best_iteration": self.state.best_iteration,
+                 "selected_by": cmp["selected_by"] if cmp else None,
+                 "finished": self.state.finished,
+                 "stages": {r["stage"]: {f"{split}_pass@1": (r["metrics"].get(split) or {})
+                                         .get("pass@1") for split in ("heldout", "val", "train")
+                                         if split in r["metrics"]} for r in rows},
+                 "comparison": cmp}
+      workdir_lib.write_json(self.wd.root / "metrics.json", summary)
 
   def run(self) -> dict:
     self._setup()
@@ -401,7 +511,7 @@ class Loop:
           best = (i, score)
         self.state.best_iteration = best[0]
         if c.early_stop and i > 1 and score < _score(self._metrics_of(i - 1)):
-          log.info("held-out accuracy fell at iteration %d: stopping early", i)
+          log.info("%s pass@1 fell at iteration %d: stopping early", _selection_split(m), i)
           self.state.stopped_early = True
         self._save_state()
         self._report()
@@ -417,9 +527,15 @@ class Loop:
     return workdir_lib.read_json(self.wd.root / f"iter_{i:03d}" / "metrics.json")
 
 
+def _selection_split(metrics: dict) -> str:
+  """The split that selects iterations: validation, else the train split; never the test."""
+  return "val" if "val" in metrics else "train"
+
+
 def _score(metrics: dict) -> float:
-  held = metrics.get("heldout", {})
-  return held.get("pass@1", held.get("greedy_pass@1", 0.0))
+  """The figure the best iteration and early stopping go by (pass@1 of `_selection_split`)."""
+  m = metrics.get(_selection_split(metrics), {})
+  return m.get("pass@1", m.get("greedy_pass@1", 0.0))
 
 
 def _flat(out: dict) -> dict:
