@@ -132,11 +132,11 @@ def plan_train(cfg, graphdef, params, mesh, slice_, *, batch, seq, accum, steps=
   n_matmul = cfg.num_params() - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.embed_dim)
   flops = tokens * (6 * n_matmul + 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq)
   param_bytes = _bytes_of(params)
-  fsdp = mesh.shape["fsdp"] * mesh.shape["data"]
+  fsdp = mesh_lib.batch_shards(mesh)
   # FSDP: parameters gathered for the forward pass and again for the rematerialised backward
   # pass (compute dtype), gradients reduce-scattered (float32), each at (n - 1) / n per chip.
   compute_bytes = param_bytes * jnp.dtype(cfg.dtype).itemsize / jnp.dtype(cfg.param_dtype).itemsize
-  coll = (2 * compute_bytes + param_bytes) * (fsdp - 1) / fsdp / max(1, mesh.shape["tensor"])
+  coll = (2 * compute_bytes + param_bytes) * (fsdp - 1) / fsdp / mesh_lib.tensor_parallel_size(mesh)
   hbm = 3 * param_bytes / chips * 4   # params, grads, two Adam moments read/written, per chip
   prog = Program("train_step", fits, need, chip.usable_hbm, flops=flops, hbm_bytes=hbm,
                  collective_bytes=coll, error=err)
@@ -217,8 +217,7 @@ def plan_run(topology: str, num_slices: int = 1, mesh_shape=None,
   # The mesh `rest-jax run` builds (create_mesh.shape from gin) over the slice's devices.
   mesh = (mesh_lib.create_mesh(mesh_shape, devices) if mesh_shape
           else mesh_lib.create_mesh(devices=devices))
-  if num_slices > 1 and mesh.shape["data"] == 1:   # data parallelism across slices
-    mesh = mesh_lib.create_mesh((num_slices, -1, mesh.shape["tensor"]), devices)
+  mesh = mesh_lib.across_slices(mesh, num_slices, devices)
   graphdef, params = _abstract_params(cfg, mesh)
   icfg = improve.ImproveConfig()
   programs = []

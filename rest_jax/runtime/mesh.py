@@ -126,6 +126,19 @@ def batch_shards(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in LOGICAL_AXIS_RULES["batch"])
 
 
+def tensor_parallel_size(mesh: Mesh) -> int:
+  """How many pieces the `heads` / `mlp` dimensions are split into."""
+  return math.prod(mesh.shape[a] for a in LOGICAL_AXIS_RULES["heads"])
+
+
+def across_slices(mesh: Mesh, num_slices: int, devices: Sequence[Any]) -> Mesh:
+  """`mesh` laid out again with data parallelism across `num_slices` slices (multi-slice), when
+  its data axis is not already set; devices come ordered slice by slice."""
+  if num_slices <= 1 or mesh.shape["data"] != 1:
+    return mesh
+  return create_mesh((num_slices, -1, mesh.shape["tensor"]), devices)
+
+
 def local_mesh(global_mesh: Mesh, devices: Sequence[Any]) -> Mesh:
   """A mesh over `devices` (one host's) shaped like `global_mesh` where it fits: its tensor
   parallelism is kept when the devices divide by it, the rest goes to fsdp."""
