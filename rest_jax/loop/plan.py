@@ -233,7 +233,9 @@ def plan_run(topology: str, num_slices: int = 1, mesh_shape=None,
   host = [d for d in devices if d.process_index == devices[0].process_index
           and getattr(d, "slice_index", 0) == getattr(devices[0], "slice_index", 0)]
   host = sorted(host, key=lambda d: d.id)
-  if len(host) < len(devices) and not slice_.chip.subslice_programs:
+  own_slice = [d for d in devices
+               if getattr(d, "slice_index", 0) == getattr(devices[0], "slice_index", 0)]
+  if len(host) < len(own_slice) and not slice_.chip.subslice_programs:
     programs.append(Program("sampler", False, float("nan"), slice_.chip.usable_hbm,
                             error=_PER_HOST_SAMPLING))
     return Plan(topology, slice_, dict(mesh.shape), loop.model, cfg.num_params(), programs)
