@@ -137,7 +137,10 @@ def plan_train(cfg, graphdef, params, mesh, slice_, *, batch, seq, accum, steps=
   # pass (compute dtype), gradients reduce-scattered (float32), each at (n - 1) / n per chip.
   compute_bytes = param_bytes * jnp.dtype(cfg.dtype).itemsize / jnp.dtype(cfg.param_dtype).itemsize
   coll = (2 * compute_bytes + param_bytes) * (fsdp - 1) / fsdp / mesh_lib.tensor_parallel_size(mesh)
-  hbm = 3 * param_bytes / chips * 4   # params, grads, two Adam moments read/written, per chip
+  # A floor per chip: the forward, the rematerialised forward and the backward read the
+  # parameters (3 passes); the update reads and writes parameters, gradients and both Adam
+  # moments (8 passes).
+  hbm = 11 * param_bytes / chips
   prog = Program("train_step", fits, need, chip.usable_hbm, flops=flops, hbm_bytes=hbm,
                  collective_bytes=coll, error=err)
   if compiled is not None:
