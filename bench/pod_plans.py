@@ -35,18 +35,30 @@ def plan(preset: str, topology: str) -> dict:
 
 def row(p: dict) -> str:
   if "error" in p:
-    return f"| {p['preset']} | {p['topology']} | error: {p['error']} | | | | {p['seconds']:.0f} s |"
-  progs = {q["name"]: q for q in p["programs"]}
+    return (f"| {p['preset']} | {p['topology']} | error: {p['error']} | | | | | "
+            f"{p['seconds']:.0f} s |")
+  label = lambda q: f"{q['name']}/{q['placement']}" if q.get("placement") else q["name"]
+  # The sampler programs of the placement `auto` takes (or every one when none fits).
+  chosen = p.get("sample_placement")
+  chosen = "" if chosen == "global" and "" in p.get("placements", {}) else chosen
+  progs = {label(q): q for q in p["programs"]
+           if q["name"] == "train_step" or chosen is None or q.get("placement", "") == chosen}
   sized = [q for q in progs.values() if q["per_chip_bytes"] == q["per_chip_bytes"]]  # not NaN
   worst = max(sized, key=lambda q: q["per_chip_bytes"] / q["usable_bytes"])
-  mem = f"{worst['per_chip_bytes'] / 2**30:.1f} of {worst['usable_bytes'] / 2**30:.1f} GiB ({worst['name']})"
-  train, decode = progs.get("train_step", {}), progs.get("decode", {})
+  mem = (f"{worst['per_chip_bytes'] / 2**30:.1f} of {worst['usable_bytes'] / 2**30:.1f} GiB "
+         f"({label(worst)})")
+  train = progs.get("train_step", {})
+  decode = next((q for q in progs.values() if q["name"] == "decode" and q["fits"]), {})
   mfu = f"{train['estimate']['mfu']:.0%}" if train.get("fits") and train.get("estimate") else "-"
   tps = (f"{decode['estimate']['tokens_per_s_per_chip']:,.0f}"
          if decode.get("fits") and decode.get("estimate") else "-")
   fits = "yes" if p["fits"] else "no: " + "; ".join(
-      f"{q['name']}: {q['error'] or 'out of memory'}" for q in progs.values() if not q["fits"])
-  return f"| {p['preset']} | {p['topology']} | {fits} | {mem} | {mfu} | {tps} | {p['seconds']:.0f} s |"
+      f"{label(q)}: {q['error'] or 'out of memory'}" for q in progs.values() if not q["fits"])
+  places = p.get("placements", {})
+  sampling = ("one host" if set(places) <= {""} else ", ".join(
+      f"{k} {'fits' if v else 'no'}" for k, v in sorted(places.items())))
+  return (f"| {p['preset']} | {p['topology']} | {fits} | {sampling} | {mem} | {mfu} | {tps} | "
+          f"{p['seconds']:.0f} s |")
 
 
 def main():
@@ -54,9 +66,9 @@ def main():
   ap.add_argument("--presets", default="gemma3-1b,llama3-8b,qwen2.5-7b")
   ap.add_argument("--topologies", default="v4-32,v5e-64,v5p-64,v6e-16")
   args = ap.parse_args()
-  print("| preset | slice | fits | largest per-chip memory | est. train MFU | est. decode "
-        "tok/s/chip | plan time |", flush=True)
-  print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
+  print("| preset | slice | fits | Generate placements | largest per-chip memory | est. train "
+        "MFU | est. decode tok/s/chip | plan time |", flush=True)
+  print("| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
   for preset in args.presets.split(","):
     for topology in args.topologies.split(","):
       print(row(plan(preset, topology)), flush=True)

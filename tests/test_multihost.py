@@ -44,7 +44,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, nproc: int, devices: int, stdout=subprocess.PIPE) -> list:
+def _launch(workdir, nproc: int, devices: int, stdout=subprocess.PIPE, extra=()) -> list:
   port = _free_port()
   procs = []
   for i in range(nproc):
@@ -54,7 +54,8 @@ def _launch(workdir, nproc: int, devices: int, stdout=subprocess.PIPE) -> list:
                JAX_COMPILATION_CACHE_DIR=str(_CACHE),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    cmd = [sys.executable, "-m", "rest_jax.cli", "run", *SMALL, f"--gin.WORKDIR='{workdir}'"]
+    cmd = [sys.executable, "-m", "rest_jax.cli", "run", *SMALL, *extra,
+           f"--gin.WORKDIR='{workdir}'"]
     if nproc > 1:
       cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={nproc}",
               f"--process_id={i}", "--heartbeat_timeout=15"]
@@ -71,8 +72,8 @@ def _wait(procs, timeout=900) -> list[tuple[int, str]]:
   return out
 
 
-def _run(workdir, nproc, devices):
-  results = _wait(_launch(workdir, nproc, devices))
+def _run(workdir, nproc, devices, extra=()):
+  results = _wait(_launch(workdir, nproc, devices, extra=extra))
   for i, (rc, err) in enumerate(results):
     assert rc == 0, f"process {i}: exit {rc}\n{err[-3000:]}"
 
@@ -100,9 +101,15 @@ def two_processes(tmp_path_factory):
   return workdir
 
 
-def test_two_processes_equal_one_process(two_processes, tmp_path):
-  one = tmp_path / "one_by_eight"
-  _run(one, 1, 8)
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("one_by_eight")
+  _run(workdir, 1, 8)
+  return workdir
+
+
+def test_two_processes_equal_one_process(two_processes, one_process):
+  one = one_process
   wd = epath.Path(two_processes)
   # Each process wrote its own shards; process 0 alone wrote state and reports.
   assert sorted(p.name for p in (wd / "iter_001" / "samples").iterdir()) == [
@@ -114,6 +121,17 @@ def test_two_processes_equal_one_process(two_processes, tmp_path):
   # gradients that last-bit noise can move a weight by a fraction of the learning rate
   # (1e-3) per step (see test_train_step.py): seen up to 1.3e-5 after 24 steps.
   _assert_same_run(two_processes, one, atol=2e-4)
+
+
+def test_global_sample_placement_equals_one_process(one_process, tmp_path):
+  """Both processes sample every shard together on the global mesh (their schedulers in
+  lockstep), process 0 verifies and writes it: the run is that of one process."""
+  workdir = tmp_path / "global"
+  results = _wait(_launch(workdir, 2, 4, extra=["--gin.LoopConfig.sample_placement='global'"]))
+  for i, (rc, err) in enumerate(results):
+    assert rc == 0, f"process {i}: exit {rc}\n{err[-3000:]}"
+  assert "Generate runs on the global mesh, all processes together" in results[0][1]
+  _assert_same_run(workdir, one_process, atol=2e-4)
 
 
 def _start_and_wait_for(workdir, marker, timeout=600):

@@ -78,6 +78,7 @@ class _Plan:
   limit: int | None
   settings: object          # evaluate_model.EvalSettings
   sampler_slots: int
+  sample_placement: str = "auto"
 
 
 def _one_line(e: Exception) -> str:
@@ -159,7 +160,7 @@ def _plan(args) -> _Plan:
       num_samples=num_samples, ks=ks, sampling=sampling, prompts_per_shard=cfg.prompts_per_shard,
       seed=cfg.seed if args.seed is None else args.seed)
   return _Plan(models=models, task=task, split=args.split, limit=limit, settings=settings,
-               sampler_slots=cfg.sampler_slots)
+               sampler_slots=cfg.sampler_slots, sample_placement=cfg.sample_placement)
 
 
 def _fingerprint(plan: _Plan, spec: str, problems) -> dict:
@@ -206,7 +207,7 @@ def _evaluate_role(plan: _Plan, role: str, out_dir, mesh, pool) -> dict:
   from rest_jax.loop import evaluate_model
   from rest_jax.models import loading
   from rest_jax.models import params as params_lib
-  from rest_jax.runtime import distributed as dist
+  from rest_jax.runtime import sample_placement
   from rest_jax.sampling.sampler import Sampler
   from rest_jax.tasks import get_task
 
@@ -225,11 +226,14 @@ def _evaluate_role(plan: _Plan, role: str, out_dir, mesh, pool) -> dict:
     raise CommandError(f"task {plan.task!r}, split {plan.split!r}: no problems")
   role_dir = out_dir / role
   _check_resume(role_dir, _fingerprint(plan, spec, problems))
-  # As the loop samples: each process on its own devices, with its own copy of the params.
-  sample_mesh = dist.local_mesh(mesh)
+  # As the loop samples (LoopConfig.sample_placement).
+  placement = sample_placement.resolve(plan.sample_placement, mesh, loaded.params,
+                                       loaded.config.dtype)
+  sample_mesh = sample_placement.sampling_mesh(mesh, placement)
   sampler = Sampler(loaded.graphdef, loaded.config, loaded.tokenizer, sample_mesh,
                     num_slots=plan.sampler_slots)
-  params = dist.to_local_mesh(loaded.params, sample_mesh, params_lib.shardings)
+  params = sample_placement.to_sampling_mesh(loaded.params, mesh, sample_mesh,
+                                             params_lib.shardings)
   result = evaluate_model.evaluate_split(
       problems, role_dir, plan.split, settings=plan.settings, sampler=sampler, params=params,
       tokenizer=loaded.tokenizer, pool=pool, desc=f"eval/{role}")

@@ -50,14 +50,14 @@ def main(args) -> int:
   if not plan.fits and args.no_suggest:
     return 2
   if not plan.fits:
-    worst = [p for p in plan.programs if not p.fits]
+    worst = plan.failing
     found = plan_lib.suggest(args.topology, args.num_slices, plan)
     fix = (f"this fits: {found}" if found else
            "no alternative tried fits (micro-batches, fewer sampler slots, bfloat16 "
            "parameters, slices up to 8x larger)")
     print(f"rest-jax plan: does not fit on {args.topology}: " + "; ".join(
-        f"{p.name}: {p.error}" if p.per_chip_bytes != p.per_chip_bytes else
-        f"{p.name} needs {p.per_chip_bytes / 2**30:.2f}G per chip of "
+        f"{p.label}: {p.error}" if p.per_chip_bytes != p.per_chip_bytes else
+        f"{p.label} needs {p.per_chip_bytes / 2**30:.2f}G per chip of "
         f"{p.usable_bytes / 2**30:.2f}G" for p in worst) + f"; {fix}", file=sys.stderr)
     return 2
   return 0

@@ -39,14 +39,19 @@ def verifier_item(problem, completion: str) -> dict:
 
 
 def sample_and_verify(problems: Sequence, *, sampler, params, tokenizer, pool, num_samples: int,
-                      sampling, seed: int) -> tuple[list[dict], dict]:
-  """Rows (one per completion, with its verdict) and timing stats for `problems`."""
+                      sampling, seed: int, verify: bool = True) -> tuple[list[dict], dict]:
+  """Rows (one per completion, with its verdict) and timing stats for `problems`; with
+  `verify=False` (a process helping to sample what another verifies) no rows."""
   prompts = [sft_lib.encode_prompt(tokenizer, p.prompt) for p in problems]
   t0 = time.time()
   groups = sampler.generate(params, prompts, num_samples=num_samples, sampling=sampling,
                             seed=seed, prompt_keys=[problem_key(p.id) for p in problems])
   t_sample = time.time() - t0
   flat = [(p, c) for p, group in zip(problems, groups) for c in group]
+  new_tokens = sum(len(c.tokens) for _, c in flat)
+  if not verify:
+    return [], {"sample_s": t_sample, "verify_s": 0.0, "new_tokens": new_tokens,
+                "completions": 0}
   t0 = time.time()
   verdicts = pool.verify([verifier_item(p, c.text) for p, c in flat])
   t_verify = time.time() - t0
@@ -56,7 +61,6 @@ def sample_and_verify(problems: Sequence, *, sampler, params, tokenizer, pool, n
                  "completion": c.text, "tokens": list(c.tokens), "finish_reason": c.finish_reason,
                  "logprob_sum": float(c.logprob_sum), "reward": v.reward, "verdict": v.verdict,
                  "extracted": v.extracted, "reason": v.reason})
-  new_tokens = sum(len(c.tokens) for _, c in flat)
   return rows, {"sample_s": t_sample, "verify_s": t_verify, "new_tokens": new_tokens,
                 "completions": len(flat)}
 
@@ -66,25 +70,32 @@ def run_shards(problems: Sequence, out_dir, *, prompts_per_shard: int, desc: str
   """Runs every shard not yet done, then returns all rows (read back from the shard files).
 
   With several processes, process i runs shards i, i + n, i + 2n, ... and writes their files;
-  after a barrier every process reads all of them. A shard is done when its file exists (it is
-  written atomically, so a file is always whole). After each round of shards every process
-  checks for a preemption request together, then `record(finished shard indices)` runs (the
-  loop notes them in `state.json`).
+  after a barrier every process reads all of them. When the sampler's mesh spans the
+  processes (`global` placement) they instead sample every shard together, and process 0
+  verifies and writes it. A shard is done when its file exists (it is written atomically, so a
+  file is always whole). After each round of shards every process checks for a preemption
+  request together, then `record(finished shard indices)` runs (the loop notes them in
+  `state.json`).
   """
   count = max(1, -(-len(problems) // prompts_per_shard))
-  nproc, me = dist.process_count(), dist.process_index()
+  lockstep = getattr(getattr(kwargs.get("sampler"), "mesh", None), "is_multi_process", False)
+  nproc, me = (1, 0) if lockstep else (dist.process_count(), dist.process_index())
   wd = workdir_lib.Workdir(out_dir)
   totals = {"sample_s": 0.0, "verify_s": 0.0, "new_tokens": 0, "completions": 0}
   bar = tqdm(total=len(problems), desc=desc, unit="prompt", leave=False,
-             disable=me != 0)
+             disable=not dist.is_writer())
   for first in range(0, count, nproc):
     s = first + me
     if s < count:
       shard = problems[s * prompts_per_shard:(s + 1) * prompts_per_shard]
       path = wd.shard_path(wd.root, s, count)
-      if not path.exists():
-        rows, stats = sample_and_verify(shard, **kwargs)
-        workdir_lib.write_jsonl(path, rows)
+      # Together: every process must take part in sampling a shard any of them lacks.
+      todo = dist.any_process(not path.exists()) if lockstep else not path.exists()
+      if todo:
+        writes = not lockstep or dist.is_writer()
+        rows, stats = sample_and_verify(shard, verify=writes, **kwargs)
+        if writes:
+          workdir_lib.write_jsonl(path, rows)
         for k in totals:
           totals[k] += stats[k]
         passed = sum(r["reward"] >= 1.0 for r in rows)

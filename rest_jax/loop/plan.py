@@ -62,6 +62,11 @@ class Program:
   collectives: dict = dataclasses.field(default_factory=dict)   # kind -> count in the HLO
   estimate: dict = dataclasses.field(default_factory=dict)
   error: str = ""
+  placement: str = ""            # sampler programs on several hosts: 'per_host' or 'global'
+
+  @property
+  def label(self) -> str:
+    return f"{self.name}/{self.placement}" if self.placement else self.name
 
 
 @dataclasses.dataclass
@@ -74,8 +79,35 @@ class Plan:
   programs: list
 
   @property
+  def placements(self) -> dict[str, bool]:
+    """Sample placement -> whether all its programs fit (several hosts: both are compiled)."""
+    out: dict[str, bool] = {}
+    for p in self.programs:
+      if p.name != "train_step":
+        out[p.placement] = out.get(p.placement, True) and p.fits
+    return out
+
+  @property
+  def sample_placement(self) -> str | None:
+    """What `LoopConfig.sample_placement='auto'` should take here: per_host when it fits
+    (no collectives while sampling), else global; None when neither fits."""
+    fitting = [k for k, ok in self.placements.items() if ok]
+    for k in ("per_host", "global", ""):
+      if k in fitting:
+        return k or "global"
+    return None
+
+  @property
   def fits(self) -> bool:
-    return all(p.fits for p in self.programs)
+    train = all(p.fits for p in self.programs if p.name == "train_step")
+    return train and (not self.placements or self.sample_placement is not None)
+
+  @property
+  def failing(self) -> list:
+    """The programs that keep the run from fitting (a placement's only if none fits)."""
+    sampler_ok = self.sample_placement is not None
+    return [p for p in self.programs
+            if not p.fits and (p.name == "train_step" or not sampler_ok)]
 
 
 def _compile(lower_fn, usable: float) -> tuple:
@@ -156,7 +188,7 @@ def plan_train(cfg, graphdef, params, mesh, slice_, *, batch, seq, accum, steps=
 
 
 def plan_sampler(cfg, graphdef, params, mesh, slice_, tokenizer, *, slots, prompt_len,
-                 max_new_tokens, num_samples, cache_dtype):
+                 max_new_tokens, num_samples, cache_dtype, placement: str = ""):
   chip = slice_.chip
   sampler = Sampler(graphdef, cfg, tokenizer, mesh, num_slots=slots, cache_dtype=cache_dtype)
   sampling = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
@@ -170,11 +202,11 @@ def plan_sampler(cfg, graphdef, params, mesh, slice_, tokenizer, *, slots, promp
       # Seen on multi-host v5e slices: a program must span every chip of the slice, so the
       # loop's per-host sampling (each host on its own chips) cannot compile there.
       return [Program("sampler", False, float("nan"), chip.usable_hbm,
-                      error=_PER_HOST_SAMPLING)]
+                      error=_PER_HOST_SAMPLING, placement=placement)]
     if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
       raise
     return [Program("sampler", False, _oom_bytes(str(e)), chip.usable_hbm,
-                    error=str(e).splitlines()[0][:300])]
+                    error=str(e).splitlines()[0][:300], placement=placement)]
   chips = mesh.devices.size
   param_bytes = _bytes_of(params) / chips
   for name, exe in compiled.items():
@@ -183,7 +215,7 @@ def plan_sampler(cfg, graphdef, params, mesh, slice_, tokenizer, *, slots, promp
             + mem.temp_size_in_bytes)
     prog = Program(name, need <= chip.usable_hbm, float(need), chip.usable_hbm,
                    argument_bytes=mem.argument_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
-                   collectives=_collective_counts(exe))
+                   collectives=_collective_counts(exe), placement=placement)
     if name == "decode":
       cache_bytes = mem.argument_size_in_bytes - param_bytes
       steps = sampler.steps_per_dispatch
@@ -232,25 +264,34 @@ def plan_run(topology: str, num_slices: int = 1, mesh_shape=None,
   if tokenizer is None:
     from rest_jax.tokenizers import ByteTokenizer
     tokenizer = ByteTokenizer(vocab_size=cfg.vocab_size)
-  # Generate: each host samples on its own chips (runtime.distributed.local_mesh).
+  # Generate (runtime/sample_placement.py): on one host, on the whole mesh; on several, both
+  # placements are compiled: each host on its own chips, and all hosts on the global mesh.
   host = [d for d in devices if d.process_index == devices[0].process_index
           and getattr(d, "slice_index", 0) == getattr(devices[0], "slice_index", 0)]
   host = sorted(host, key=lambda d: d.id)
   own_slice = [d for d in devices
                if getattr(d, "slice_index", 0) == getattr(devices[0], "slice_index", 0)]
-  if len(host) < len(own_slice) and not slice_.chip.subslice_programs:
-    programs.append(Program("sampler", False, float("nan"), slice_.chip.usable_hbm,
-                            error=_PER_HOST_SAMPLING))
-    return Plan(topology, slice_, dict(mesh.shape), loop.model, cfg.num_params(), programs)
-  sample_mesh = mesh if len(host) == len(devices) else mesh_lib.local_mesh(mesh, host)
-  sample_params = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, jnp.dtype(cfg.dtype) if jnp.issubdtype(
-          a.dtype, jnp.floating) else a.dtype, sharding=s),
-      params, params_lib.shardings(sample_mesh, params))
-  programs += plan_sampler(cfg, graphdef, sample_params, sample_mesh, slice_, tokenizer,
-                           slots=loop.sampler_slots, prompt_len=_prompt_len(loop, tokenizer),
-                           max_new_tokens=loop.max_new_tokens, num_samples=loop.num_samples,
-                           cache_dtype=loop.compute_dtype)
+  sample = dict(slots=loop.sampler_slots, prompt_len=_prompt_len(loop, tokenizer),
+                max_new_tokens=loop.max_new_tokens, num_samples=loop.num_samples,
+                cache_dtype=loop.compute_dtype)
+
+  def on(sample_mesh, placement):
+    sample_params = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, jnp.dtype(cfg.dtype) if jnp.issubdtype(
+            a.dtype, jnp.floating) else a.dtype, sharding=s),
+        params, params_lib.shardings(sample_mesh, params))
+    return plan_sampler(cfg, graphdef, sample_params, sample_mesh, slice_, tokenizer,
+                        placement=placement, **sample)
+
+  if len(host) == len(devices):
+    programs += on(mesh, "")
+  else:
+    if len(host) < len(own_slice) and not slice_.chip.subslice_programs:
+      programs.append(Program("sampler", False, float("nan"), slice_.chip.usable_hbm,
+                              error=_PER_HOST_SAMPLING, placement="per_host"))
+    else:
+      programs += on(mesh_lib.local_mesh(mesh, host), "per_host")
+    programs += on(mesh, "global")
   return Plan(topology, slice_, dict(mesh.shape), loop.model, cfg.num_params(), programs)
 
 
@@ -288,7 +329,7 @@ def suggest(topology: str, num_slices: int, plan: Plan) -> str | None:
   cheapest first): micro-batches, fewer sampler slots, bfloat16 parameters, then larger
   slices of the same generation. Its description, or None."""
   import gin
-  failing = {_family_of(p.name) for p in plan.programs if not p.fits}
+  failing = {_family_of(p.name) for p in plan.failing}
   loop = LoopConfig(workdir="plan")
   icfg = improve.ImproveConfig()
   chips = plan.slice.chips * plan.slice.num_slices
@@ -342,8 +383,14 @@ def table(plan: Plan) -> str:
            f"{s.chips * s.num_slices} chips ({s.topology_name}"
            f"{f' x {s.num_slices} slices' if s.num_slices > 1 else ''}), {s.hosts} hosts, mesh "
            + " x ".join(f"{k}={v}" for k, v in plan.mesh_shape.items()),
-           f"{'program':<12} {'fits':<5} {'per chip':>10} {'of HBM':>8} {'temp':>9}  "
+           f"{'program':<16} {'fits':<5} {'per chip':>10} {'of HBM':>8} {'temp':>9}  "
            f"estimate (analytic, collectives not overlapped)  collectives in the program"]
+  if plan.placements.keys() - {""}:
+    ok = {k: "fits" if v else "does not fit" for k, v in plan.placements.items()}
+    lines.insert(1, f"Generate on {s.hosts} hosts: per_host (each host on its own chips) "
+                    f"{ok['per_host']}, global (all hosts on the whole mesh) {ok['global']}"
+                    + (f"; LoopConfig.sample_placement='auto' takes {plan.sample_placement}"
+                       if plan.sample_placement else ""))
   for p in plan.programs:
     est = "" if p.fits else (p.error[:47] if p.error and p.per_chip_bytes != p.per_chip_bytes
                              else "does not fit")
@@ -353,7 +400,8 @@ def table(plan: Plan) -> str:
     elif p.fits and p.name == "decode" and p.estimate:
       est = f"{p.estimate['tokens_per_s_per_chip']:,.0f} new tok/s/chip"
     coll = ", ".join(f"{k} {v}" for k, v in p.collectives.items()) or "-"
-    lines.append(f"{p.name:<12} {'yes' if p.fits else 'NO':<5} {p.per_chip_bytes / GiB:>8.2f}G "
+    lines.append(f"{p.label:<16} {'yes' if p.fits else 'NO':<5} "
+                 f"{p.per_chip_bytes / GiB:>8.2f}G "
                  f"{p.per_chip_bytes / p.usable_bytes:>8.0%} {p.temp_bytes / GiB:>8.2f}G  "
                  f"{est:<47} {coll}")
   return "\n".join(lines)
@@ -363,4 +411,5 @@ def to_json(plan: Plan) -> dict:
   return {"topology": plan.topology, "topology_name": plan.slice.topology_name,
           "chips": plan.slice.chips * plan.slice.num_slices, "hosts": plan.slice.hosts,
           "mesh": plan.mesh_shape, "model": plan.model, "params": plan.params,
-          "fits": plan.fits, "programs": [dataclasses.asdict(p) for p in plan.programs]}
+          "fits": plan.fits, "sample_placement": plan.sample_placement,
+          "placements": plan.placements, "programs": [dataclasses.asdict(p) for p in plan.programs]}

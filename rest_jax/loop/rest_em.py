@@ -28,6 +28,7 @@ import jax
 
 from rest_jax.runtime import checkpoints as ckpt_lib
 from rest_jax.runtime import distributed as dist
+from rest_jax.runtime import sample_placement
 from rest_jax.loop import evaluate_model
 from rest_jax.loop import evaluation
 from rest_jax.loop import filtering
@@ -80,6 +81,10 @@ class LoopConfig:
     devices once per Generate phase, with a bfloat16 KV cache. CPU configs keep float32.
   attention: 'auto' (Pallas splash attention on TPU, cuDNN on GPU, XLA on CPU), or one of
     'xla', 'splash', 'cudnn' (models/attention.py).
+  sample_placement: with several processes, where Generate runs: 'global' (all processes
+    together on the training mesh, no copy: for models larger than one host), 'per_host'
+    (each host on its own devices, from a replica made device to device), or 'auto' (per_host
+    when a replica fits; `rest-jax plan` reports both). See runtime/sample_placement.py.
   """
 
   workdir: str
@@ -110,6 +115,7 @@ class LoopConfig:
   param_dtype: str = "float32"            # master weights and optimizer state
   compute_dtype: str = "float32"          # 'bfloat16' on TPU/GPU: mixed precision, bf16 KV cache
   attention: str = "auto"                 # self-attention kernel (models/attention.py)
+  sample_placement: str = "auto"          # 'auto' | 'global' | 'per_host' (several processes)
   seed: int = 0
   allow_config_change: bool = False
 
@@ -131,7 +137,8 @@ class Loop:
     self._policy: tuple[int, object] | None = None  # (iteration, params) last trained/loaded
     self.sampler = None
     self.pool = None
-    self._local = None   # (global params, their copy on this process's sampling mesh)
+    self._local = None   # (global params, their sampling copy: per host, compute dtype)
+    sample_placement.check(cfg.sample_placement)
 
   # --- bookkeeping -------------------------------------------------------------------
 
@@ -181,8 +188,14 @@ class Loop:
                                     attention=cfg.attention)
     tok = self.model.tokenizer
     self.task = get_task(cfg.task, tokenizer=tok)
-    # Each process samples its own shards on its own devices (the whole mesh for one process).
-    self.sample_mesh = dist.local_mesh(self.mesh)
+    self.placement = sample_placement.resolve(cfg.sample_placement, self.mesh,
+                                              self.model.params, cfg.compute_dtype)
+    self.sample_mesh = sample_placement.sampling_mesh(self.mesh, self.placement)
+    if dist.process_count() > 1:
+      log.info("Generate runs %s: sampler mesh %s", {
+          "global": "on the global mesh, all processes together",
+          "per_host": "on each host's own devices"}[self.placement],
+               " x ".join(f"{k}={v}" for k, v in self.sample_mesh.shape.items()))
     self.sampler = Sampler(self.model.graphdef, self.model.config, tok, self.sample_mesh,
                            num_slots=cfg.sampler_slots, cache_dtype=cfg.compute_dtype)
     self.pool = VerifierPool()
@@ -260,11 +273,12 @@ class Loop:
   # --- phases --------------------------------------------------------------------------
 
   def _sampling_params(self, params):
-    """`params` as the sampler reads them: on the sampling mesh (a per-host copy with several
-    processes) and in the compute dtype (bfloat16 models: one on-device cast per policy)."""
+    """`params` as the sampler reads them: on the sampling mesh (a per-host replica made on
+    the devices, for `per_host` placement) and in the compute dtype (bfloat16 models: one
+    on-device cast per policy)."""
     if self._local is None or self._local[0] is not params:
-      local = params if dist.process_count() == 1 else dist.to_local_mesh(
-          params, self.sample_mesh, params_lib.shardings)
+      local = sample_placement.to_sampling_mesh(params, self.mesh, self.sample_mesh,
+                                                params_lib.shardings)
       self._local = (params, self.sampler.decode_params(local))
     return self._local[1]
 

@@ -213,33 +213,6 @@ def my_items(count: int) -> list[int]:
   return list(range(process_index(), count, process_count()))
 
 
-def local_mesh(global_mesh):
-  """A mesh over this process's devices, for work each process does on its own (sampling).
-
-  The same as `global_mesh` for one process; see `mesh.local_mesh` otherwise.
-  """
-  import jax
-
-  from rest_jax.runtime import mesh as mesh_lib
-  if process_count() == 1:
-    return global_mesh
-  return mesh_lib.local_mesh(global_mesh, jax.local_devices())
-
-
-def to_local_mesh(params, mesh, shardings_fn: Callable):
-  """A full copy of global `params` on this process's `mesh` (each host gathers the values).
-
-  Identity for one process. The gather goes through host memory, so the model must fit in
-  one host's RAM, which holds for the models this loop samples from on a host's chips.
-  """
-  import jax
-  if process_count() == 1:
-    return params
-  from jax.experimental import multihost_utils
-  host = multihost_utils.process_allgather(params, tiled=True)
-  return jax.device_put(host, shardings_fn(mesh, params))
-
-
 def global_batch(batch: dict, sharding_fn: Callable) -> dict:
   """This process's rows of a global batch -> global arrays (identity for one process)."""
   import jax

@@ -148,6 +148,16 @@ def local_mesh(global_mesh: Mesh, devices: Sequence[Any]) -> Mesh:
   return create_mesh((1, len(devices) // tensor, tensor), devices)
 
 
+def host_replicas(local_meshes: Sequence[Mesh]) -> Mesh:
+  """One mesh over every host's `local_mesh`, host i's devices at data index i: arrays laid out
+  on it by the logical rules hold one whole copy per host (parameters never shard over data),
+  each sharded over that host's devices exactly as on its local mesh."""
+  shapes = {tuple(m.devices.shape) for m in local_meshes}
+  if len(shapes) != 1 or next(iter(shapes))[0] != 1:
+    raise ValueError(f"host meshes must share one shape with data=1, got {sorted(shapes)}")
+  return Mesh(np.concatenate([m.devices for m in local_meshes], axis=0), MESH_AXES)
+
+
 def describe(mesh: Mesh) -> str:
   return " x ".join(f"{n}={s}" for n, s in mesh.shape.items())
 

@@ -20,6 +20,9 @@ How it runs:
   train step uses, passed in, never copied. The cache is sharded over rows (`batch`) and KV
   heads. Shapes come from a few buckets (prompt length, cache length, rows per prefill and
   per insert), so a run compiles a handful of programs; each compilation is logged.
+* **Several processes.** On a mesh spanning processes every process runs `generate` with the
+  same prompts; the programs run once over all devices and their outputs come back to every
+  host, so the host schedulers make the same decisions (`runtime/sample_placement.py`).
 * **Determinism.** Sample j of the prompt with key p draws its t-th token with
   `fold_in(fold_in(fold_in(key(seed), p), j), t)`, and a row's computation never depends on
   the other rows, so a completion is the same whatever the batch, slot count, mesh or order.
@@ -278,7 +281,14 @@ class Sampler:
     def fn(cache, state, store, store_logits, slots, rows, pkeys, samples, lengths, seed, dyn):
       temperature, top_p, stop_ids, max_new = dyn
       lp = store.length
-      put = lambda c, s: c.at[:, slots, :, :lp].set(s[:, rows], mode="drop")
+      # Each slot's source row (-1: keeps its own), then one select over the cache's first
+      # `lp` positions: a scatter into the row-sharded cache makes XLA copy the whole cache.
+      src = jnp.full((cache.k.shape[1],), -1, jnp.int32).at[slots].set(rows, mode="drop")
+      take = (src >= 0)[None, :, None, None, None]
+
+      def put(c, s):
+        head = jnp.where(take, s[:, jnp.maximum(src, 0)], c[:, :, :, :lp])
+        return jax.lax.dynamic_update_slice(c, head.astype(c.dtype), (0,) * c.ndim)
       cache = DecodeCache(put(cache.k, store.k), put(cache.v, store.v))
       keys = _sample_keys(seed, pkeys, samples)
       first_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
@@ -327,7 +337,10 @@ class Sampler:
 
     cache_sh = self._cache_sharding(cache.k.shape)
     state_sh = self._state_sharding()
-    out_sh = self._sharding(("batch", None), (self.num_slots, steps))
+    # The host reads these every dispatch: on a mesh spanning processes (global placement)
+    # each process needs all rows, so they come back replicated.
+    out_sh = (self._replicated() if self.mesh.is_multi_process
+              else self._sharding(("batch", None), (self.num_slots, steps)))
     args = (params, cache, state, dyn)
     return self._call(
         "decode", (self.num_slots, cache.length, window, steps, spec), fn, args,
