@@ -36,6 +36,18 @@ def test_demo_fits_on_v5e_8_and_reports_every_program(capsys):
   assert progs["decode"]["estimate"]["tokens_per_s_per_chip"] > 0
 
 
+def test_smollm2_arithmetic_fits_on_v5e_8(capsys):
+  """The shipped SmolLM2 config (shapes from the GGUF header; no weight is read)."""
+  code = cli.main(["plan", "--gin_file=runs/smollm2_arithmetic.gin", "--gin.WORKDIR='unused'",
+                   "--topology=v5e-8", "--json"])
+  out = capsys.readouterr()
+  assert code == 0, out.err[-2000:]
+  plan = json.loads(out.out)
+  assert plan["fits"] and plan["model"] == "smollm2-135m"
+  assert {p["name"] for p in plan["programs"]} == {"train_step", "prefill", "insert", "decode"}
+  assert all(0 < p["per_chip_bytes"] < p["usable_bytes"] for p in plan["programs"])
+
+
 def test_parameter_and_optimizer_memory_agree_with_the_shardings():
   """The compiled train step's arguments are the train state's shards plus the batch's (dims
   chosen as multiples of the TPU's (8, 128) tiles, so layout padding does not blur it)."""

@@ -130,3 +130,14 @@ def test_expression_wording_has_the_same_problems_in_short():
     assert str(value) == b.reference
   with pytest.raises(ValueError, match="wording"):
     get_task("arithmetic", wording="poem")
+
+
+def test_asking_for_more_problems_than_exist_is_one_line_and_exit_2(capsys):
+  """One-digit two-step sums have 361 distinct test problems: 1000 is refused in one line."""
+  from rest_jax import cli
+  code = cli.main(["tasks", "--gin_file=runs/demo.gin", "--gin.arithmetic_task.num_test=1000"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2
+  assert err[-1].startswith("rest-jax tasks: arithmetic: only 1000 train / 361 test distinct"), err
+  assert "arithmetic_task.num_train, num_test" in err[-1]
+  assert not any(line.startswith("Traceback") for line in err)

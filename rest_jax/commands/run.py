@@ -78,7 +78,10 @@ def main(args) -> int:
   try:
     result = run_lib.run()
   except (loop_lib.ConfigChangedError, WeightsError, TaskDataError) as e:
-    print(f"rest-jax run: {e}", file=sys.stderr)
+    # Without the "In call to configurable" lines gin appends.
+    text = "\n".join(line for line in str(e).splitlines()
+                     if not line.strip().startswith("In call to configurable"))
+    print(f"rest-jax run: {text}", file=sys.stderr)
     return 2
   except preemption.Preempted as e:
     print(f"rest-jax run: {e}", file=sys.stderr)

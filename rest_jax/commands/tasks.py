@@ -29,7 +29,13 @@ def main(args) -> int:
   from rest_jax import cli
   if cli.gin_flags_given(args):  # else skip importing every configurable: `tasks` stays quick
     cli.configure_gin(args)
+  from rest_jax.tasks import TaskDataError
   from rest_jax.tasks import cli as tasks_cli
-  if args.action == "show":
-    return tasks_cli.show_task_main(args.name, n=args.n, split=args.split)
-  return tasks_cli.list_tasks_main()
+  try:
+    if args.action == "show":
+      return tasks_cli.show_task_main(args.name, n=args.n, split=args.split)
+    return tasks_cli.list_tasks_main()
+  except TaskDataError as e:
+    first = next(line for line in str(e).splitlines() if line.strip())
+    print(f"rest-jax tasks: {first}", file=sys.stderr)
+    return 2

@@ -123,10 +123,10 @@ def generate(*, digits: int, steps: int, ops: str, seed: int, num_train: int,
   k = 0
   while any(len(out[s]) < want[s] for s in out):
     if k >= max_candidates:
-      raise ValueError(
+      raise base.TaskDataError(
           f"arithmetic: only {len(out[base.TRAIN])} train / {len(out[base.TEST])} test distinct "
           f"problems found in {k} candidates for digits={digits}, steps={steps}, ops={ops!r}; "
-          "ask for fewer problems or a harder setting")
+          "ask for fewer problems (arithmetic_task.num_train, num_test) or a harder setting")
     drawn = _draw(rng, digits, steps, ops)
     key = _arith_key(drawn[0], drawn[1])
     split = _bucket(key)
