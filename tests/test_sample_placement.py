@@ -49,7 +49,9 @@ def _two_processes(tmp_path, placements, shape) -> list[dict]:
   return [json.loads(o.read_text()) for o in outs]
 
 
-@pytest.mark.parametrize("shape", [(1, 2, 4), (1, 1, 8)], ids=["fsdp_across", "tensor_across"])
+# The tensor axis spans both processes here; test_multihost.py runs the whole loop with the
+# fsdp axis across them, in both placements.
+@pytest.mark.parametrize("shape", [(1, 1, 8)], ids=["tensor_across"])
 def test_both_placements_draw_the_samples_of_one_process(tmp_path, shape):
   one = _one_process(tmp_path, list(shape))["auto"]
   assert one["placement"] == "global" and one["same_arrays"]
