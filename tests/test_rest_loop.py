@@ -57,6 +57,15 @@ def test_rest_run_leaves_its_workdir_and_report(uninterrupted):
   assert "## ReST: Grow and Improve steps" in report and "held-out best-of-2 (reward)" in report
   for stage in ("base", *STEPS):
     assert f"| {stage} |" in report
+  # The verdict line and the run's summary, as ReST-EM writes them.
+  summary = rh.read_json(wd, "metrics.json")
+  assert summary["finished"] and summary["best_iteration"] == state["best_iteration"]
+  cmp = summary["comparison"]
+  assert cmp["best_iteration"] == state["best_iteration"] and "vs_base" in cmp
+  assert cmp["verdict"].startswith(("**Verdict: ReST gains.**",
+                                     "**Verdict: no gain shown by ReST.**")), cmp["verdict"]
+  assert cmp["verdict"] in report
+  assert {"base", *STEPS} <= set(summary["stages"])
 
 
 def test_thresholds_rise_and_kept_set_shrinks(uninterrupted):

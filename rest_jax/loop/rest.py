@@ -71,6 +71,7 @@ class ReSTConfig:
 
 
 class ReSTLoop(loop_lib.Loop):
+  method = "ReST"
 
   def __init__(self, cfg: loop_lib.LoopConfig, mesh, rest: ReSTConfig | None = None):
     if cfg.mode != "rest":
@@ -322,10 +323,13 @@ class ReSTLoop(loop_lib.Loop):
     if not self.is_writer:
       return
     rows = self.report_rows()
+    cmp = self.comparison()
     title = f"ReST: {self.cfg.model} on {self.cfg.task}"
-    text = report.markdown(rows, title, self.cfg.eval_ks, method="ReST") + self._rest_section(rows)
+    text = report.markdown(rows, title, self.cfg.eval_ks, method="ReST",
+                           verdict=cmp["verdict"] if cmp else None) + self._rest_section(rows)
     workdir_lib.write_text(self.wd.root / "report.md", text)
     report.plot(rows, self.wd.root / "report.png", method="ReST")
+    self._write_summary(rows, cmp)
 
   def _rest_section(self, rows) -> str:
     r = self.rest

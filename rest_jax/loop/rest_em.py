@@ -453,6 +453,8 @@ class Loop:
               for r in workdir_lib.read_jsonl(path)}
     return evaluation.per_prompt_metrics(per_prompt, ks=(1,), greedy=greedy)
 
+  method = "ReST-EM"
+
   def comparison(self) -> dict | None:
     """The best iteration (by validation) against the base and the SFT baseline on the test
     split: differences of pass@1 with paired bootstrap 95% intervals (same prompts, same
@@ -474,7 +476,7 @@ class Loop:
             {"pass@1": mine["pass@1"]}, {"pass@1": theirs["pass@1"]})["pass@1"]
     out["gain"] = bool(any(k.startswith("vs_") for k in out) and all(
         out[k]["ci95"][0] > 0 for k in out if k.startswith("vs_")))
-    out["verdict"] = report.verdict_line(out, method="ReST-EM")
+    out["verdict"] = report.verdict_line(out, method=self.method)
     return out
 
   def _report(self):
@@ -483,14 +485,18 @@ class Loop:
       cmp = self.comparison()
       report.write(self.wd.root, rows, f"ReST-EM: {self.cfg.model} on {self.cfg.task}",
                    self.cfg.eval_ks, verdict=cmp["verdict"] if cmp else None)
-      summary = {"best_iteration": self.state.best_iteration,
-                 "selected_by": cmp["selected_by"] if cmp else None,
-                 "finished": self.state.finished,
-                 "stages": {r["stage"]: {f"{split}_pass@1": (r["metrics"].get(split) or {})
-                                         .get("pass@1") for split in ("heldout", "val", "train")
-                                         if split in r["metrics"]} for r in rows},
-                 "comparison": cmp}
-      workdir_lib.write_json(self.wd.root / "metrics.json", summary)
+      self._write_summary(rows, cmp)
+
+  def _write_summary(self, rows, cmp):
+    """WORKDIR/metrics.json: the best iteration, each stage's pass@1 and the comparison."""
+    summary = {"best_iteration": self.state.best_iteration,
+               "selected_by": cmp["selected_by"] if cmp else None,
+               "finished": self.state.finished,
+               "stages": {r["stage"]: {f"{split}_pass@1": (r["metrics"].get(split) or {})
+                                       .get("pass@1") for split in ("heldout", "val", "train")
+                                       if split in r["metrics"]} for r in rows},
+               "comparison": cmp}
+    workdir_lib.write_json(self.wd.root / "metrics.json", summary)
 
   def run(self) -> dict:
     self._setup()
