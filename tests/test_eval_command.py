@@ -83,6 +83,22 @@ def test_checkpoints_evaluated_give_exactly_the_figures_the_run_recorded(evaluat
   assert len(verdict) == 1 and ("excludes 0" in verdict[0] or "includes 0" in verdict[0])
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_the_runs_train_and_val_prompts_give_its_recorded_figures(evaluated, tmp_path, split):
+  """`--split train` is the run's training prompts without a human solution, `--split val` its
+  validation prompts (loop/splits.py), not the first problems of the task's train split."""
+  workdir = epath.Path(evaluated[0])
+  out = subprocess.run(
+      [sys.executable, "-m", "rest_jax.cli", "eval",
+       f"--model={workdir / 'checkpoints' / 'iter_001'}", f"--gin_file={workdir / 'config.gin'}",
+       f"--output={tmp_path / 'out'}", f"--split={split}"],
+      cwd=rh.REPO, capture_output=True, text=True, env=rh.two_device_env(), timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+  assert metrics["model"]["metrics"] == rh.read_json(workdir, "iter_001/metrics.json")[split]
+  assert metrics["problems"] == {"train": 4, "val": 8}[split]
+
+
 def test_rerun_resumes_from_finished_shards_and_refuses_other_settings(evaluated):
   workdir, output, stdout = evaluated
   before = (output / "metrics.json").read_text()

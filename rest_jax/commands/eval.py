@@ -43,7 +43,10 @@ def add_arguments(parser):
   parser.add_argument("--task", default=None,
                       help="a registered task (`rest-jax tasks`; configured by gin, e.g. "
                            "--gin.jsonl_task.path=...); default LoopConfig.task")
-  parser.add_argument("--split", default="test", help="the split to evaluate (default test)")
+  parser.add_argument("--split", default="test",
+                      help="the split to evaluate (default test); 'train' and 'val' are the "
+                           "run's own: its training prompts without a human solution, and its "
+                           "validation prompts (LoopConfig, so pass the run's config.gin)")
   parser.add_argument("--num_problems", type=int, default=None,
                       help="the first N problems of the split (default: LoopConfig."
                            "num_eval_prompts for test, num_eval_train_prompts for train, as the "
@@ -79,6 +82,7 @@ class _Plan:
   settings: object          # evaluate_model.EvalSettings
   sampler_slots: int
   sample_placement: str = "auto"
+  loop_config: object = None  # the LoopConfig: which training prompts 'train' and 'val' are
 
 
 def _one_line(e: Exception) -> str:
@@ -123,9 +127,13 @@ def _plan(args) -> _Plan:
     if "needs a tokenizer" not in str(e):
       raise CommandError(f"task {task!r}: {_one_line(e)}") from e
     splits = None
-  if splits is not None and args.split not in splits:
+  if args.split == "val" and cfg.num_val_prompts < 1:
+    raise CommandError("--split val: LoopConfig.num_val_prompts is 0, so there is no validation "
+                       "split (pass the run's --gin_file=WORKDIR/config.gin)")
+  if splits is not None and args.split not in splits and not (
+      args.split == "val" and "train" in splits):
     raise CommandError(f"task {task!r} has no split {args.split!r} (its splits: "
-                       f"{', '.join(splits)})")
+                       f"{', '.join(splits)}, and val: the run's validation prompts)")
   limit = args.num_problems
   if limit is None:
     limit = {"test": cfg.num_eval_prompts, "train": cfg.num_eval_train_prompts}.get(args.split)
@@ -160,7 +168,8 @@ def _plan(args) -> _Plan:
       num_samples=num_samples, ks=ks, sampling=sampling, prompts_per_shard=cfg.prompts_per_shard,
       seed=cfg.seed if args.seed is None else args.seed)
   return _Plan(models=models, task=task, split=args.split, limit=limit, settings=settings,
-               sampler_slots=cfg.sampler_slots, sample_placement=cfg.sample_placement)
+               sampler_slots=cfg.sampler_slots, sample_placement=cfg.sample_placement,
+               loop_config=cfg)
 
 
 def _fingerprint(plan: _Plan, spec: str, problems) -> dict:
@@ -207,6 +216,7 @@ def _evaluate_role(plan: _Plan, role: str, out_dir, mesh, pool) -> dict:
   from rest_jax.loop import evaluate_model
   from rest_jax.models import loading
   from rest_jax.models import params as params_lib
+  from rest_jax.loop import splits as run_splits
   from rest_jax.runtime import sample_placement
   from rest_jax.sampling.sampler import Sampler
   from rest_jax.tasks import get_task
@@ -217,10 +227,19 @@ def _evaluate_role(plan: _Plan, role: str, out_dir, mesh, pool) -> dict:
     task = get_task(plan.task, tokenizer=loaded.tokenizer)
   except ValueError as e:  # TaskDataError too
     raise CommandError(f"task {plan.task!r}: {_one_line(e)}") from e
-  if plan.split not in task.splits:
+  source = "train" if plan.split == "val" else plan.split
+  if source not in task.splits:
     raise CommandError(f"task {plan.task!r} has no split {plan.split!r} (its splits: "
                        f"{', '.join(task.splits)})")
-  problems = task.problems(plan.split)
+  problems = task.problems(source)
+  if plan.split in ("train", "val") and plan.loop_config is not None:
+    # The run's own prompts (loop/splits.py), as its "train" and "val" figures use them.
+    try:
+      train, val = run_splits.train_and_val(problems, plan.loop_config)
+    except ValueError as e:
+      raise CommandError(f"--split {plan.split}: {e}") from e
+    problems = (run_splits.train_eval_problems(train, plan.loop_config, limit=plan.limit)
+                if plan.split == "train" else val)
   problems = problems if plan.limit is None else problems[:plan.limit]
   if not problems:
     raise CommandError(f"task {plan.task!r}, split {plan.split!r}: no problems")

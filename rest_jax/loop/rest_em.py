@@ -35,6 +35,7 @@ from rest_jax.loop import filtering
 from rest_jax.loop import generate
 from rest_jax.training import improve
 from rest_jax.loop import report
+from rest_jax.loop import splits
 from rest_jax.runtime import workdir as workdir_lib
 from rest_jax.models import loading
 from rest_jax.models import params as params_lib
@@ -206,23 +207,7 @@ class Loop:
     return probs if limit is None else probs[:limit]
 
   def _train_and_val(self) -> tuple[list, list]:
-    """(the training prompts ReST-EM samples on, the validation prompts): disjoint slices of
-    the task's training problems, the same on every rerun (see `LoopConfig.num_val_prompts`)."""
-    c = self.cfg
-    probs = list(self.task.problems("train"))
-    nv = c.num_val_prompts
-    if nv < 0:
-      raise ValueError(f"LoopConfig.num_val_prompts must be >= 0, got {nv}")
-    if c.num_train_prompts is None:
-      train, val = probs[:len(probs) - nv], probs[len(probs) - nv:]
-    else:
-      train = probs[:c.num_train_prompts]
-      val = probs[c.num_train_prompts:c.num_train_prompts + nv]
-    if len(val) < nv or (nv and not train):
-      raise ValueError(
-          f"task {c.task!r} has {len(probs)} training problems: too few for "
-          f"num_train_prompts={c.num_train_prompts} and num_val_prompts={nv}")
-    return train, val
+    return splits.train_and_val(self.task.problems("train"), self.cfg)
 
   def train_problems(self) -> list:
     """The training prompts Generate samples on (never the validation prompts)."""
@@ -232,17 +217,10 @@ class Loop:
     return self._train_and_val()[1]
 
   def _human_problems(self) -> list:
-    probs = [p for p in self.train_problems() if p.solution]
-    return probs[:self.cfg.num_human_solutions]
+    return splits.human_problems(self.train_problems(), self.cfg)
 
   def train_eval_problems(self) -> list:
-    """The "train" evaluation prompts: training prompts whose human solution neither the base
-    SFT nor the SFT baseline saw (all training prompts when every one has one)."""
-    c = self.cfg
-    train = self.train_problems()
-    human = {p.id for p in self._human_problems()} if (c.base_sft_steps or c.sft_baseline) else set()
-    unseen = [p for p in train if p.id not in human]
-    return (unseen or train)[:c.num_eval_train_prompts]
+    return splits.train_eval_problems(self.train_problems(), self.cfg)
 
   def human_examples(self) -> list[SFTExample]:
     """Human solutions of the training prompts the loop samples on (the SFT baseline's data)."""
