@@ -29,26 +29,30 @@ def two_device_env() -> dict:
   return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
 
 
-def run(flags, workdir):
+def run(flags, workdir, env=None):
   out = subprocess.run(run_cmd(flags, workdir), cwd=REPO, capture_output=True, text=True,
-                       env=two_device_env(), timeout=900)
+                       env=env or two_device_env(), timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   return out
 
 
-def kill_when(flags, workdir, marker, rng) -> bool:
+def kill_when(flags, workdir, marker, rng, env=None, proc_marker=None) -> bool:
   """Starts the run, SIGKILLs it a random moment after `marker(workdir)` turns true.
 
+  proc_marker: instead of `marker`, `proc_marker(workdir, pid)` (it may look at the run's
+  processes); the kill then follows at once, for moments shorter than the random delay.
   Returns whether the run was still going when killed.
   """
-  proc = subprocess.Popen(run_cmd(flags, workdir), cwd=REPO, env=two_device_env(),
+  proc = subprocess.Popen(run_cmd(flags, workdir), cwd=REPO, env=env or two_device_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
-    if marker(epath.Path(workdir)):
-      time.sleep(rng.uniform(0.0, 0.3))
+    if (proc_marker(epath.Path(workdir), proc.pid) if proc_marker
+        else marker(epath.Path(workdir))):
+      if not proc_marker:
+        time.sleep(rng.uniform(0.0, 0.3))
       break
-    time.sleep(0.05)
+    time.sleep(0.02 if proc_marker else 0.05)
   finished = proc.poll() is not None
   proc.send_signal(signal.SIGKILL)
   proc.wait()

@@ -9,7 +9,7 @@ through it. The heavy parts are separate modules:
 * `rest_jax.tasks.sft`: tokenises and packs kept samples with a seqio feature converter.
 * `rest_jax.tasks.sft_iterator`: the checkpointable iterator over packed global batches.
 
-Built-in tasks: gsm8k, math500, humaneval, arithmetic, jsonl (see their modules).
+Built-in tasks: gsm8k, math500, humaneval, arithmetic, programs, jsonl (see their modules).
 """
 
 from rest_jax.tasks.base import (CODE_VERIFIER, MATH_VERIFIER, SPLITS, TEST, TRAIN, Problem,
@@ -25,17 +25,19 @@ from rest_jax.tasks import gsm8k
 from rest_jax.tasks import humaneval
 from rest_jax.tasks import jsonl
 from rest_jax.tasks import math500
+from rest_jax.tasks import programs
 from rest_jax.tasks.arithmetic import arithmetic_task
 from rest_jax.tasks.gsm8k import gsm8k_task
 from rest_jax.tasks.humaneval import humaneval_task
 from rest_jax.tasks.jsonl import jsonl_task, register_jsonl_task
 from rest_jax.tasks.math500 import math500_task
+from rest_jax.tasks.programs import programs_task
 
 __all__ = [
     "CODE_VERIFIER", "MATH_VERIFIER", "SPLITS", "TEST", "TRAIN", "Exemplar", "KeptDataError",
     "KeptSample", "Problem", "PromptFormat", "RawProblem", "RestTask", "SFTExample",
     "TaskDataError", "TaskPromptDefaults", "arithmetic_task", "get_task", "gsm8k_task",
     "hash_split", "humaneval_task", "jsonl_task", "math500_task", "parse_kept_lines",
-    "read_kept", "register_jsonl_task", "register_task", "sft_examples_from_kept",
+    "programs_task", "read_kept", "register_jsonl_task", "register_task", "sft_examples_from_kept",
     "task_description", "task_names",
 ]
