@@ -25,6 +25,8 @@ RUN = [
     "--gin.LoopConfig.prompts_per_shard=8", "--gin.LoopConfig.base_sft_steps=30",
     "--gin.LoopConfig.max_new_tokens=24", "--gin.LoopConfig.sampler_slots=16",
     "--gin.ImproveConfig.steps=4", "--gin.create_mesh.shape=(1, 2, 1)",
+    # Mechanics, not learning: with a base this short, answers alone keep samples flowing.
+    "--gin.arithmetic_task.check_work=False",
 ]
 EVAL_DIRS = ("eval_test", "eval_test_greedy")
 

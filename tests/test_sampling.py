@@ -195,6 +195,40 @@ def test_prompt_keys_not_positions_decide_the_draws():
     assert all(c.prompt_index == pos for c in b[pos])
 
 
+def _draws(results):
+  return [[(c.tokens, c.text, c.sample_index) for c in r] for r in results]
+
+
+def test_sample_offsets_continue_the_same_draws():
+  _, _, params = _model()
+  prompts = _prompts(2, seed=7)
+  sampling = SamplingParams(temperature=1.0, max_new_tokens=8)
+  gen = lambda n, offsets: _draws(_samplers(4).generate(
+      params, prompts, num_samples=n, sampling=sampling, seed=4, prompt_keys=[11, 12],
+      sample_offsets=offsets))
+  four = gen(4, None)
+  assert [[j for _, _, j in r] for r in four] == [[0, 1, 2, 3]] * 2
+  assert len({tuple(t) for r in four for t, _, _ in r}) > 4   # distinct draws, not one repeated
+  first, second = gen(2, [0, 0]), gen(2, [2, 2])
+  assert [a + b for a, b in zip(first, second)] == four
+  # Offsets differ per prompt: prompt 0 continues at 1, prompt 1 at 3; result[i][j] positional.
+  mixed = gen(1, [1, 3])
+  assert mixed == [[four[0][1]], [four[1][3]]]
+
+
+def test_sample_offsets_are_checked():
+  _, _, params = _model()
+  run = lambda offsets: _samplers(4).generate(
+      params, [[3, 4], [5]], num_samples=2, sampling=SamplingParams(max_new_tokens=2), seed=0,
+      sample_offsets=offsets)
+  with pytest.raises(ValueError, match=r"1 sample_offsets for 2 prompts"):
+    run([0])
+  with pytest.raises(ValueError, match=r"sample_offsets\[1\]=-1: expected 0 <= offset"):
+    run([0, -1])
+  with pytest.raises(ValueError, match=r"sample_offsets\[0\]=4294967295"):
+    run([2 ** 32 - 1, 0])
+
+
 def test_on_prompt_done_reports_every_prompt_once():
   _, _, params = _model()
   prompts = _prompts(6, seed=2)

@@ -141,3 +141,13 @@ def test_asking_for_more_problems_than_exist_is_one_line_and_exit_2(capsys):
   assert err[-1].startswith("rest-jax tasks: arithmetic: only 1000 train / 361 test distinct"), err
   assert "arithmetic_task.num_train, num_test" in err[-1]
   assert not any(line.startswith("Traceback") for line in err)
+
+
+def test_check_work_marks_every_problem_and_reaches_the_verifier_item():
+  from rest_jax.loop.generate import verifier_item
+  plain = get_task("arithmetic", digits=1, steps=2, num_train=10, num_test=3)
+  checked = get_task("arithmetic", digits=1, steps=2, num_train=10, num_test=3, check_work=True)
+  for split in (TRAIN, TEST):
+    for a, b in zip(plain.problems(split), checked.problems(split)):
+      assert (a.id, a.prompt, a.reference, a.solution) == (b.id, b.prompt, b.reference, b.solution)
+      assert "check_work" not in verifier_item(a, "x") and verifier_item(b, "x")["check_work"]

@@ -238,3 +238,32 @@ def test_hard_deadline_kills_and_replaces_the_worker():
 def test_verify_math_single_call():
   assert verify_math("The answer is $\\frac{1}{2}$.", "0.5").verdict == "pass"
   assert verify_math("#### 17", "#### 18").verdict == "fail"
+
+
+@pytest.mark.parametrize("completion,verdict,reason", [
+    ("3 + 4 = 7\n7 + 8 = 15\n#### 15", "pass", "equal to reference"),
+    ("3 + 4 = 6\n6 + 9 = 15\n#### 15", "fail", "'3 + 4 = 6' is false"),       # right answer
+    ("3 + 4 = 7\n\n13 + = 10\n#### 15", "fail", "is not an integer equation"),
+    ("#### 15", "fail", "no work shown"),
+    ("2 * 3 + 9 = 15\n#### 15", "pass", "equal to reference"),                 # precedence
+    ("15 - 20 = -5\n-5 + 20 = 15\n#### 15", "pass", "equal to reference"),
+    ("3 + 4 = 7 = 7\n#### 15", "fail", "is not one equation"),
+    ("3 + 4 = 7\n7 + 7 = 14\n#### 14", "fail", "not equal to reference"),      # true, wrong answer
+])
+def test_check_work_needs_true_equations(completion, verdict, reason):
+  got = check_math(completion, "15", check_work=True)
+  assert (got.verdict, got.extracted is not None) == (verdict, True)
+  assert reason in got.reason
+  # Without the option only the final answer counts.
+  assert check_math(completion, "15").verdict == (
+      "fail" if "not equal" in reason else "pass")
+
+
+def test_check_work_goes_through_the_pool():
+  items = [{"completion": "3 + 4 = 6\n#### 7", "answer": "7", "check_work": True},
+           {"completion": "3 + 4 = 6\n#### 7", "answer": "7"},
+           {"completion": "9" * 40 + " * 2 = 1\n#### 7", "answer": "7", "check_work": True}]
+  with VerifierPool(1) as pool:
+    verdicts = pool.verify(items)
+  assert [v.verdict for v in verdicts] == ["fail", "pass", "fail"]
+  assert "is false" in verdicts[0].reason and "not an integer equation" in verdicts[2].reason

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -31,7 +31,10 @@ def problem_key(problem_id: str) -> int:
 def verifier_item(problem, completion: str) -> dict:
   """The verifier pool's item for one completion of `problem`."""
   if problem.verifier == "math":
-    return {"completion": completion, "answer": problem.reference}
+    item = {"completion": completion, "answer": problem.reference}
+    if problem.meta.get("check_work"):
+      item["check_work"] = True
+    return item
   item = {"completion": completion, "tests": problem.reference}
   if problem.meta.get("completion_mode") == "continuation" and problem.meta.get("code_prompt"):
     item["prompt"] = problem.meta["code_prompt"]
@@ -39,13 +42,20 @@ def verifier_item(problem, completion: str) -> dict:
 
 
 def sample_and_verify(problems: Sequence, *, sampler, params, tokenizer, pool, num_samples: int,
-                      sampling, seed: int, verify: bool = True) -> tuple[list[dict], dict]:
+                      sampling, seed: int, sample_offsets: Mapping[str, int] | None = None,
+                      verify: bool = True) -> tuple[list[dict], dict]:
   """Rows (one per completion, with its verdict) and timing stats for `problems`; with
-  `verify=False` (a process helping to sample what another verifies) no rows."""
+  `verify=False` (a process helping to sample what another verifies) no rows.
+
+  `sample_offsets[problem id]` (default 0) is the index of that problem's first sample: it gets
+  samples offset .. offset + num_samples - 1, and its rows' `sample_idx` are those indices.
+  """
   prompts = [sft_lib.encode_prompt(tokenizer, p.prompt) for p in problems]
+  offsets = None if sample_offsets is None else [sample_offsets.get(p.id, 0) for p in problems]
   t0 = time.time()
   groups = sampler.generate(params, prompts, num_samples=num_samples, sampling=sampling,
-                            seed=seed, prompt_keys=[problem_key(p.id) for p in problems])
+                            seed=seed, prompt_keys=[problem_key(p.id) for p in problems],
+                            sample_offsets=offsets)
   t_sample = time.time() - t0
   flat = [(p, c) for p, group in zip(problems, groups) for c in group]
   new_tokens = sum(len(c.tokens) for _, c in flat)
@@ -75,7 +85,8 @@ def run_shards(problems: Sequence, out_dir, *, prompts_per_shard: int, desc: str
   verifies and writes it. A shard is done when its file exists (it is written atomically, so a
   file is always whole). After each round of shards every process checks for a preemption
   request together, then `record(finished shard indices)` runs (the loop notes them in
-  `state.json`).
+  `state.json`). `kwargs` go to `sample_and_verify` (`sample_offsets`: problem id -> index of
+  its first sample, default 0).
   """
   count = max(1, -(-len(problems) // prompts_per_shard))
   lockstep = getattr(getattr(kwargs.get("sampler"), "mesh", None), "is_multi_process", False)

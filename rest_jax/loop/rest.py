@@ -76,6 +76,9 @@ class ReSTLoop(loop_lib.Loop):
   def __init__(self, cfg: loop_lib.LoopConfig, mesh, rest: ReSTConfig | None = None):
     if cfg.mode != "rest":
       raise ValueError(f"ReSTLoop needs LoopConfig.mode='rest', got {cfg.mode!r}")
+    if cfg.adaptive_rounds:
+      raise ValueError(f"LoopConfig.adaptive_rounds={cfg.adaptive_rounds} is for "
+                       "mode='rest_em': ReST's Grow draws num_samples per prompt; set it to 0")
     if dist.process_count() > 1:
       raise ValueError("LoopConfig.mode='rest' runs on one process: the reward model is "
                        "trained and applied on one host. Run it with one process, or use "

@@ -29,6 +29,7 @@ import jax
 from rest_jax.runtime import checkpoints as ckpt_lib
 from rest_jax.runtime import distributed as dist
 from rest_jax.runtime import sample_placement
+from rest_jax.loop import adaptive_sampling
 from rest_jax.loop import evaluate_model
 from rest_jax.loop import evaluation
 from rest_jax.loop import filtering
@@ -86,6 +87,12 @@ class LoopConfig:
     together on the training mesh, no copy: for models larger than one host), 'per_host'
     (each host on its own devices, from a replica made device to device), or 'auto' (per_host
     when a replica fits; `rest-jax plan` reports both). See runtime/sample_placement.py.
+  adaptive_rounds: 0: Generate draws `num_samples` of every training prompt, as in the
+    paper. R >= 1: it samples in up to R rounds under the token budget the fixed K would
+    spend, and stops sampling prompts the filter already keeps `max_per_prompt` samples of
+    (loop/adaptive_sampling.py); round r's shards go to STAGE/samples/round_{r:02d}/.
+  adaptive_max_samples: with adaptive_rounds, the most samples one prompt gets over all
+    rounds; None: 4 * num_samples.
   """
 
   workdir: str
@@ -117,6 +124,8 @@ class LoopConfig:
   compute_dtype: str = "float32"          # 'bfloat16' on TPU/GPU: mixed precision, bf16 KV cache
   attention: str = "auto"                 # self-attention kernel (models/attention.py)
   sample_placement: str = "auto"          # 'auto' | 'global' | 'per_host' (several processes)
+  adaptive_rounds: int = 0                # 0: the paper's fixed K per prompt
+  adaptive_max_samples: int | None = None
   seed: int = 0
   allow_config_change: bool = False
 
@@ -126,6 +135,7 @@ class Loop:
   def __init__(self, cfg: LoopConfig, mesh):
     if cfg.mode not in ("rest_em", "sft_human"):
       raise ValueError(f"LoopConfig.mode={cfg.mode!r}: expected 'rest_em' or 'sft_human'")
+    self.adaptive = adaptive_sampling.Settings.of(cfg)  # None: the fixed K per prompt
     self.cfg = cfg
     self.mesh = mesh
     self.wd = workdir_lib.Workdir(cfg.workdir)
@@ -280,6 +290,15 @@ class Loop:
         sampling=self._sampling(greedy), seed=seed)
     return rows, stats
 
+  def _sample_adaptive(self, stage: str, problems, params, seed: int):
+    """Generate in rounds under a token budget (`LoopConfig.adaptive_rounds`)."""
+    return adaptive_sampling.run_rounds(
+        problems, self.wd.root / stage, self.adaptive,
+        prompts_per_shard=self.cfg.prompts_per_shard, desc=stage,
+        record=lambda sub: self._record_shards(f"{stage}/{sub}"), sampler=self.sampler,
+        params=self._sampling_params(params), tokenizer=self.model.tokenizer, pool=self.pool,
+        sampling=self._sampling(), seed=seed)
+
   def _evaluate(self, stage: str, params, extra: dict) -> dict:
     """Held-out (sampled + greedy) and train-split metrics; writes STAGE/metrics.json."""
     path = self.wd.root / stage / "metrics.json"
@@ -321,12 +340,15 @@ class Loop:
     params = self.model.params
     if c.base_sft_steps:
       examples = self.human_examples()
-      params, _ = improve.improve(
-          name="base_sft", graphdef=self.model.graphdef, init_params=params,
-          examples=examples, tokenizer=self.model.tokenizer, mesh=self.mesh,
-          checkpoint_dir=self.wd.checkpoints / "train_base_sft", seed=c.seed,
-          cfg=dataclasses.replace(improve.ImproveConfig(), steps=c.base_sft_steps),
-          process_index=dist.process_index(), process_count=dist.process_count())
+      # Under the 'base_sft' gin scope: `base_sft/make_optimizer.learning_rate = ...` gives the
+      # making of the base its own optimizer settings, apart from every Improve phase's.
+      with gin.config_scope("base_sft"):
+        params, _ = improve.improve(
+            name="base_sft", graphdef=self.model.graphdef, init_params=params,
+            examples=examples, tokenizer=self.model.tokenizer, mesh=self.mesh,
+            checkpoint_dir=self.wd.checkpoints / "train_base_sft", seed=c.seed,
+            cfg=dataclasses.replace(improve.ImproveConfig(), steps=c.base_sft_steps),
+            process_index=dist.process_index(), process_count=dist.process_count())
     self._save_params("base", params, {"source": self.model.source})
     self.base_params = params
     self._mark("base/save")
@@ -339,9 +361,13 @@ class Loop:
     counts_path = self.wd.root / stage / "counts.json"
     if not self.state.is_done(f"{stage}/filter"):
       t0 = time.time()
-      rows, gstats = self._sample_split(
-          stage, "samples", self.train_problems(), self.policy(i - 1),
-          c.num_samples, False, c.seed * 1_000_003 + i)
+      seed = c.seed * 1_000_003 + i   # both arms: sample j of a prompt is the same completion
+      if self.adaptive is None:
+        rows, gstats = self._sample_split(stage, "samples", self.train_problems(),
+                                          self.policy(i - 1), c.num_samples, False, seed)
+      else:
+        rows, gstats = self._sample_adaptive(stage, self.train_problems(), self.policy(i - 1),
+                                             seed)
       times["generate"] = round(time.time() - t0, 1)
       kept, counts = filtering.filter_samples(rows, max_per_prompt=c.max_per_prompt)
       counts.update({k: round(v, 2) for k, v in gstats.items()})

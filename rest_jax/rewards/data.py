@@ -8,9 +8,10 @@ A line is a JSON object with
   prompt_id   optional: groups completions of one prompt (pairs, held-out split); default
               the prompt text itself
 
-which is exactly what a run's sample shards hold (WORKDIR/iter_NNN/samples/shard-*.jsonl,
-WORKDIR/grow_NNN/samples/...). Only the training prompts' samples are read from a workdir:
-its held-out evaluation samples (eval_heldout/) must stay unseen by the reward model.
+which is exactly what a run's sample shards hold (WORKDIR/iter_NNN/samples/shard-*.jsonl, or
+samples/round_NN/shard-*.jsonl with adaptive sampling; WORKDIR/grow_NNN/samples/...). Only the
+training prompts' samples are read from a workdir: its held-out evaluation samples
+(eval_heldout/) must stay unseen by the reward model.
 Every bad line is reported with its file and line number; nothing is skipped silently.
 """
 
@@ -79,7 +80,8 @@ def workdir_shards(root) -> list[str]:
   paths = []
   for stage in sorted(root.iterdir()):
     if stage.name.startswith(("iter_", "grow_")) and (stage / "samples").is_dir():
-      paths += sorted(str(p) for p in (stage / "samples").glob("shard-*.jsonl"))
+      for pattern in ("shard-*.jsonl", "round_*/shard-*.jsonl"):  # fixed K; adaptive rounds
+        paths += sorted(str(p) for p in (stage / "samples").glob(pattern))
   return paths
 
 

@@ -452,14 +452,18 @@ class Sampler:
 
   def generate(self, params, prompts: Sequence[Sequence[int]], *, num_samples: int,
                sampling: SamplingParams, seed: int, prompt_keys: Sequence[int] | None = None,
-               progress: bool | str = False,
+               sample_offsets: Sequence[int] | None = None, progress: bool | str = False,
                on_prompt_done: Callable[[int, list[Completion]], None] | None = None
                ) -> list[list[Completion]]:
     """`num_samples` completions of every prompt: result[prompt][sample].
 
     `prompt_keys[i]` (default i) is the integer folded into the seed for prompt i; pass a
     stable per-problem integer so results do not depend on where a prompt sits in the list.
-    `on_prompt_done(i, completions)` runs as soon as all samples of prompt i are finished.
+    `sample_offsets[i]` (default 0) is the index of prompt i's first sample: its sample j draws
+    from index `sample_offsets[i] + j` (its `Completion.sample_index`), so samples 0..3 in one
+    call equal samples 0..1 and then 2..3 (offset 2) in two calls. `result[i][j]` stays
+    positional. `on_prompt_done(i, completions)` runs as soon as all samples of prompt i are
+    finished.
     """
     if num_samples < 1:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -470,8 +474,24 @@ class Sampler:
     prompt_keys = [int(k) % (1 << 32) for k in prompt_keys]
     if len(prompt_keys) != len(prompts):
       raise ValueError(f"{len(prompt_keys)} prompt_keys for {len(prompts)} prompts")
+    if sample_offsets is not None:
+      sample_offsets = _check_offsets(sample_offsets, len(prompts), num_samples)
     prompts = self._check_prompts(prompts, sampling.max_new_tokens)
     spec = filters.FilterSpec.of(sampling.temperature, sampling.top_k, sampling.top_p,
                                  self.config.vocab_size)
     return sched.Run(self, params, prompts, prompt_keys, num_samples, sampling, spec, seed,
-                progress, on_prompt_done).run()
+                     progress, on_prompt_done, sample_offsets).run()
+
+
+def _check_offsets(offsets: Sequence[int], num_prompts: int, num_samples: int) -> list[int]:
+  """`offsets` as ints, or a ValueError: one per prompt, each >= 0, and every sample index
+  below 2**32 (the key folds it in as a uint32)."""
+  out = [int(o) for o in offsets]
+  if len(out) != num_prompts:
+    raise ValueError(f"{len(out)} sample_offsets for {num_prompts} prompts: expected one per "
+                     "prompt")
+  bad = next((i for i, o in enumerate(out) if not 0 <= o <= (1 << 32) - num_samples), None)
+  if bad is not None:
+    raise ValueError(f"sample_offsets[{bad}]={out[bad]}: expected 0 <= offset <= "
+                     f"2**32 - num_samples ({(1 << 32) - num_samples})")
+  return out

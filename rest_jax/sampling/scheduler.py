@@ -26,7 +26,7 @@ MAX_STOP_IDS = 8
 @dataclasses.dataclass
 class Completion:
   prompt_index: int     # position of the prompt in the input list
-  sample_index: int     # j in 0..K-1
+  sample_index: int     # the index folded into its key: offset + j (j in 0..K-1)
   tokens: list[int]     # generated ids, without the EOS id; cut at a stop string (see `rest_jax.sampling.sampler`)
   text: str             # decoded `tokens`, cut exactly before a stop string
   finish_reason: str    # 'eos' | 'stop' | 'length'
@@ -58,8 +58,10 @@ class Run:
   so the dependency runs one way)."""
 
   def __init__(self, sampler, params, prompts, prompt_keys, num_samples, sampling,
-               spec, seed, progress, on_prompt_done):
+               spec, seed, progress, on_prompt_done, sample_offsets=None):
     self.s, self.params, self.prompts, self.pkeys = sampler, params, prompts, prompt_keys
+    # Sample j of prompt p draws with index offsets[p] + j; results stay positional (j).
+    self.offsets = list(sample_offsets) if sample_offsets is not None else [0] * len(prompts)
     self.k, self.sampling, self.spec, self.on_prompt_done = num_samples, sampling, spec, on_prompt_done
     self.seed = np.uint32(int(seed) % (1 << 32))
     self.progress = progress
@@ -199,7 +201,7 @@ class Run:
     samples = np.zeros((n,), np.uint32)
     lengths = np.zeros((n,), np.int32)
     for i, (slot, (p, j)) in enumerate(assigned):
-      slots[i], rows[i], pkeys[i], samples[i] = slot, row_of[p], self.pkeys[p], j
+      slots[i], rows[i], pkeys[i], samples[i] = slot, row_of[p], self.pkeys[p], self.offsets[p] + j
       lengths[i] = len(self.prompts[p])
     cache, state, tok, logp = s._insert(cache, state, store, store_logits, slots, rows, pkeys,
                                         samples, lengths, self.seed, self.dyn, self.spec)
@@ -241,7 +243,8 @@ class Run:
     toks = [int(t) for t in sl.tokens[:n]]
     if text is None:
       text = self.s.tokenizer.decode(toks)
-    c = Completion(sl.prompt, sl.sample, toks, text, reason, float(math.fsum(sl.logprobs[:n])))
+    c = Completion(sl.prompt, self.offsets[sl.prompt] + sl.sample, toks, text, reason,
+                   float(math.fsum(sl.logprobs[:n])))
     self.results[sl.prompt][sl.sample] = c
     self.finished[sl.prompt] += 1
     self.bar.update(1)

@@ -21,6 +21,7 @@ an earlier one are skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 
@@ -163,12 +164,15 @@ def arithmetic_task(*,
                     num_test: int = 200,
                     seed: int = 0,
                     wording: str = "story",
+                    check_work: bool = False,
                     prompt_format: PromptFormat | None = None,
                     tokenizer=None) -> base.RestTask:
   """Seeded multi-step integer word problems; see the module doc for the knobs.
 
   wording: "story" (a word problem) or "expression" (just "3 + 4 - 2": short prompts for
     byte-level models).
+  check_work: a completion passes only if its shown equations are all true as well as its
+    final answer (math verifier's `check_work`): a right answer from wrong steps fails.
   """
   _check_knobs(digits, steps, ops)
   if wording not in WORDINGS:
@@ -182,7 +186,10 @@ def arithmetic_task(*,
     if "all" not in cache:
       cache["all"] = generate(digits=digits, steps=steps, ops=ops, seed=seed,
                               num_train=num_train, num_test=num_test, wording=wording)
-    return cache["all"][split]
+    if not check_work:
+      return cache["all"][split]
+    return [dataclasses.replace(p, meta={**p.meta, "check_work": True})
+            for p in cache["all"][split]]
 
   return base.RestTask(
       "arithmetic", verifier=base.MATH_VERIFIER, load_split=load_split,

@@ -64,9 +64,9 @@ _STEPS: dict = {}
 
 
 def _train_step(graphdef, params, mesh, steps: int, accum_steps: int):
-  """(optimizer, state shardings, step fn), built once per budget: later Improve phases of
-  the same length reuse the compiled step."""
-  key = (graphdef, mesh, steps, accum_steps)
+  """(optimizer, state shardings, step fn), built once per budget and gin scope: later Improve
+  phases of the same length reuse the compiled step (a scope may set its own optimizer)."""
+  key = (graphdef, mesh, steps, accum_steps, gin.current_scope_str())
   if key not in _STEPS:
     optimizer = training.make_optimizer(total_steps=steps)
     shardings = state_lib.state_shardings(mesh, params, optimizer)

@@ -8,6 +8,10 @@ Extraction looks, in the order of `formats`, for
 Equivalence first settles the common cases cheaply (same normalised text, plain numbers,
 multiple-choice letters, words) and hands the rest to math-verify (sympy) for symbolic
 equality: fractions, radicals, pi, intervals, sets, tuples, matrices, expressions.
+
+With `check_work`, the shown work must hold too: every line with an `=` before the answer
+line is an integer equation (`+`, `-`, `*`) that is true, and there is at least one. A right
+answer reached through `7 + 7 = 11` then fails; the check needs nothing but the completion.
 Numbers (integers of any size, decimals, fractions, scientific notation) compare exactly, as
 fractions, never through float.
 
@@ -312,8 +316,47 @@ def _symbolic_equal(pred: str, ref: str, timeout_s: float) -> bool:
     return False
 
 
+_WORK_SIDE_RE = re.compile(r"\s*-?\d{1,30}(?:\s*[-+*]\s*-?\d{1,30}){0,8}\s*")
+_WORK_LINE_CHARS = 300
+
+
+def _int_expr(text: str) -> int | None:
+  """The value of an integer expression of at most 9 terms (+, -, * with precedence)."""
+  if not _WORK_SIDE_RE.fullmatch(text):
+    return None
+  # Products first, then sums: the grammar is small enough to do by hand (no eval).
+  total, sign = 0, 1
+  for term in re.split(r"(?<=\d)\s*([-+])\s*", text.strip()):
+    if term in ("+", "-"):
+      sign = 1 if term == "+" else -1
+      continue
+    product = 1
+    for factor in term.split("*"):
+      product *= int(factor.replace(" ", ""))
+    total += sign * product
+  return total
+
+
+def false_work(completion: str) -> str | None:
+  """Why the completion's shown work fails (see the module doc), or None when it holds."""
+  lines = completion.split("\n")
+  work = [ln for ln in lines if "=" in ln and not _GSM8K_RE.search(ln)]
+  if not work:
+    return "no work shown (expected equations such as '3 + 4 = 7' before the answer)"
+  for line in work:
+    sides = line.split("=")
+    if len(line) > _WORK_LINE_CHARS or len(sides) != 2:
+      return f"work line {line.strip()[:60]!r} is not one equation"
+    left, right = _int_expr(sides[0]), _int_expr(sides[1])
+    if left is None or right is None:
+      return f"work line {line.strip()[:60]!r} is not an integer equation"
+    if left != right:
+      return f"work line {line.strip()[:60]!r} is false"
+  return None
+
+
 def check_math(completion: str, reference: str, *, formats=ALL_FORMATS,
-               timeout_s: float = 3.0) -> Verdict:
+               timeout_s: float = 3.0, check_work: bool = False) -> Verdict:
   """Extracts the completion's answer and compares it with the reference, in-process."""
   if not isinstance(completion, str) or not isinstance(reference, str):
     return Verdict("error", None, "math item needs a string 'completion' and a string 'answer', "
@@ -331,6 +374,10 @@ def check_math(completion: str, reference: str, *, formats=ALL_FORMATS,
     equal = answers_equal(extracted, ref, timeout_s=timeout_s)
   except MathTimeout as e:
     return Verdict("timeout", extracted, str(e))
+  if equal and check_work:
+    wrong = false_work(completion)
+    if wrong is not None:
+      return Verdict("fail", extracted, f"answer equal to reference, but {wrong}")
   if equal:
     return Verdict("pass", extracted, "equal to reference")
   return Verdict("fail", extracted, f"{extracted[:80]!r} is not equal to reference {ref[:80]!r}")

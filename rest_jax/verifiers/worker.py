@@ -38,13 +38,14 @@ class CheckOptions:
 
 
 def verify_item(item, options: CheckOptions, prestart: bool = False) -> Verdict:
-  """One item: {"completion", "answer"} for math, {"completion", "tests"[, "prompt"]} for code."""
+  """One item: {"completion", "answer"[, "formats", "check_work"]} for math,
+  {"completion", "tests"[, "prompt"]} for code."""
   if not isinstance(item, dict) or "completion" not in item:
     return Verdict("error", None, 'an item needs "completion" and either "answer" or "tests"')
   if "answer" in item:
     formats = tuple(item.get("formats") or options.formats)
     return check_math(item["completion"], item["answer"], formats=formats,
-                      timeout_s=options.math_timeout_s)
+                      timeout_s=options.math_timeout_s, check_work=bool(item.get("check_work")))
   if "tests" in item:
     return check_code(item["completion"], item["tests"], prompt=item.get("prompt"),
                       config=options.sandbox, prestart=prestart)
