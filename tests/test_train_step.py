@@ -104,3 +104,31 @@ def test_token_nll_and_its_gradient_match_log_softmax():
   grad = jax.grad(lambda x: training.token_nll(x, targets).sum())(logits)
   want_grad = np.exp(logp) - np.eye(11, dtype=np.float32)[targets]
   np.testing.assert_allclose(grad, want_grad, atol=1e-5)
+
+
+def test_a_gin_scope_gives_a_phase_its_own_optimizer(tmp_path):
+  """`base_sft/make_optimizer.*` (how the loop makes a tiny base) reaches only the phase run
+  under that scope, although both phases have the same length and share the step cache."""
+  import gin
+  from rest_jax.tasks.kept import SFTExample
+  from rest_jax.tokenizers import ByteTokenizer
+  from rest_jax.training import improve
+  mesh = mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1])
+  examples = [SFTExample(prompt=f"{i} + 1 =", completion=f" {i + 1}") for i in range(8)]
+  cfg = improve.ImproveConfig(steps=2, batch_size=2, seq_len=32)
+  gin.parse_config(["make_optimizer.learning_rate = 1e-2",
+                    "base_sft/make_optimizer.learning_rate = 1e-9"])
+  try:
+    def run(name):
+      params, _ = improve.improve(name=name, graphdef=graphdef, init_params=PARAMS,
+                                  examples=examples, tokenizer=ByteTokenizer(384), mesh=mesh,
+                                  checkpoint_dir=tmp_path / name, seed=0, cfg=cfg)
+      return params
+    with gin.config_scope("base_sft"):
+      frozen = run("scoped")
+    moved = run("unscoped")
+  finally:
+    gin.clear_config()
+  moved_by = lambda a: max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+                           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(PARAMS)))
+  assert moved_by(frozen) < 1e-7 and moved_by(moved) > 1e-3
