@@ -14,8 +14,23 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+import socket  # noqa: E402
+
 import gin  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+  """No network, and no tfds data dir of the machine the test runs on (task tests use it
+  through `pytestmark = pytest.mark.usefixtures("offline")`)."""
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("a test tried to open a network connection")
+
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty_tfds"))
 
 
 @pytest.fixture(autouse=True)

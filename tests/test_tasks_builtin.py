@@ -2,7 +2,6 @@
 
 import os
 import re
-import socket
 
 import pytest
 
@@ -11,16 +10,7 @@ from rest_jax.tasks import gsm8k as gsm8k_lib
 from rest_jax.tasks import math500 as math500_lib
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-  """No test may reach the network, nor see a tfds data dir of the machine it runs on."""
-
-  def refuse(*args, **kwargs):
-    raise AssertionError("a test tried to open a network connection")
-
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "create_connection", refuse)
-  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty_tfds"))
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network
 
 
 SPLIT_SIZES = {

@@ -1,7 +1,6 @@
 """User JSONL tasks and kept.jsonl: splits, formats, and bad lines reported by number."""
 
 import json
-import socket
 
 import pytest
 
@@ -11,13 +10,7 @@ from rest_jax.tasks import (TEST, TRAIN, KeptDataError, PromptFormat, TaskDataEr
 from rest_jax.tasks import base
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-  def refuse(*args, **kwargs):
-    raise AssertionError("a test tried to open a network connection")
-
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network
 
 
 def _write(path, lines):

@@ -4,7 +4,6 @@ import dataclasses
 import io
 import random
 import re
-import socket
 
 import gin
 import pytest
@@ -17,13 +16,7 @@ from rest_jax.tokenizers import ByteTokenizer
 from rest_jax.verifiers import VerifierPool
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-  def refuse(*args, **kwargs):
-    raise AssertionError("a test tried to open a network connection")
-
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network
 
 
 def _mixed(num_train=40, num_test=10, **knobs):

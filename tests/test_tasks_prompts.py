@@ -3,7 +3,6 @@
 import dataclasses
 import io
 import json
-import socket
 
 import gin
 import pytest
@@ -14,14 +13,7 @@ from rest_jax.tasks import gsm8k as gsm8k_lib
 from rest_jax.tokenizers import ByteTokenizer
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-  def refuse(*args, **kwargs):
-    raise AssertionError("a test tried to open a network connection")
-
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "create_connection", refuse)
-  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty_tfds"))
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,6 @@ and the seqio registrations that give the same data."""
 
 import dataclasses
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -25,14 +24,7 @@ class NoBosTokenizer(ByteTokenizer):
   bos_id: int | None = None
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-  def refuse(*args, **kwargs):
-    raise AssertionError("a test tried to open a network connection")
-
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "create_connection", refuse)
-  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty_tfds"))
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network
 
 
 # Token 0 (a NUL byte) inside prompts and completions: seqio's packer reads 0 as padding.
