@@ -184,12 +184,13 @@ def arithmetic_task(*,
 
   def load_split(split):
     if "all" not in cache:
-      cache["all"] = generate(digits=digits, steps=steps, ops=ops, seed=seed,
-                              num_train=num_train, num_test=num_test, wording=wording)
-    if not check_work:
-      return cache["all"][split]
-    return [dataclasses.replace(p, meta={**p.meta, "check_work": True})
-            for p in cache["all"][split]]
+      drawn = generate(digits=digits, steps=steps, ops=ops, seed=seed,
+                       num_train=num_train, num_test=num_test, wording=wording)
+      if check_work:  # marked once: the verifier item carries it (loop/generate.py)
+        drawn = {s: [dataclasses.replace(p, meta={**p.meta, "check_work": True}) for p in ps]
+                 for s, ps in drawn.items()}
+      cache["all"] = drawn
+    return cache["all"][split]
 
   return base.RestTask(
       "arithmetic", verifier=base.MATH_VERIFIER, load_split=load_split,
