@@ -13,7 +13,8 @@ from etils import epath
 
 from rest_jax.runtime import checkpoints as ckpt_lib
 from rest_jax.runtime import mesh as mesh_lib
-from rest_jax.models import PRESETS, abstract_params
+from rest_jax.models import abstract_params
+from rest_jax.models import loading
 from rest_jax.models import params as params_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,9 +61,11 @@ def kill_when(flags, workdir, marker, rng, env=None, proc_marker=None) -> bool:
 
 
 def checkpoint_params(workdir, stage) -> list[np.ndarray]:
-  """The params of the tiny preset saved under checkpoints/<stage>, as numpy leaves."""
+  """The params saved under checkpoints/<stage> (shapes from the checkpoint's own model
+  config), as numpy leaves."""
   mesh = mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1])
-  _, abstract = abstract_params(PRESETS["tiny"])
+  cfg, _ = loading.model_config_of(str(epath.Path(workdir) / "checkpoints" / stage))
+  _, abstract = abstract_params(cfg)
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         abstract, params_lib.shardings(mesh, abstract))
   with ckpt_lib.CheckpointManager(epath.Path(workdir) / "checkpoints" / stage) as m:

@@ -118,9 +118,10 @@ def test_the_planned_sampler_programs_are_the_ones_generate_compiles():
 
 
 def test_a_config_that_does_not_fit_is_refused_with_a_change_that_fits(capsys):
-  """Activations of 384 x 2048 tokens do not fit one v5e chip; micro-batches do, and the
-  suggested binding is checked by planning again with it."""
-  big = ["--gin.ImproveConfig.batch_size=384", "--gin.ImproveConfig.seq_len=2048"]
+  """Activations of 384 x 2048 tokens of the tiny model do not fit one v5e chip; micro-batches
+  do, and the suggested binding is checked by planning again with it."""
+  big = ["--gin.LoopConfig.model='tiny'", "--gin.ImproveConfig.batch_size=384",
+         "--gin.ImproveConfig.seq_len=2048"]
   code, out = _plan(capsys, "--topology=v5e-1", *big)
   assert code == 2
   plan = json.loads(out.out)

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from rest_jax.models import PRESETS, init_params
-from rest_jax.models import params as params_lib
 from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.sampling.sampler import Sampler, SamplingParams
 from rest_jax.tokenizers import ByteTokenizer

@@ -227,6 +227,21 @@ def test_tiny_preset_checkpoint_keeps_byte_tokenizer(tmp_path):
                 "(4, 512, 256)")
 
 
+def test_nano_preset_is_a_byte_level_model_a_quarter_of_tiny(caplog):
+  """The demo's model: randomly initialised with the byte tokenizer (no warning about missing
+  tokenizer files), and what planning reads without weights is what loading builds."""
+  from rest_jax.models import PRESETS
+  from rest_jax.models.loading import model_config_of
+  with caplog.at_level(logging.INFO, logger="rest_jax.models.loading"):
+    nano = load_model("nano", seed=1)
+  assert "no tokenizer files" not in caplog.text and "randomly initialised" in caplog.text
+  assert nano.tokenizer.encode("hi") == [104, 105] and nano.tokenizer.bos_id == 257
+  count = params_lib.param_count(nano.params)
+  assert count == PRESETS["nano"].num_params() < PRESETS["tiny"].num_params() / 3
+  planned, tokenizer = model_config_of("nano")
+  assert planned == nano.config and tokenizer.encode("hi") == [104, 105]
+
+
 def test_bfloat16_load(tiny_hf):
   f32 = load_model(str(tiny_hf), _one_device())
   bf16 = load_model(str(tiny_hf), _one_device(), dtype="bfloat16")

@@ -7,6 +7,9 @@
 * `filtering`, `evaluation`, `report`: what an iteration keeps, how accuracy is measured,
   and `report.md` / `report.png`;
 * `evaluate_model`: one model on one split (the Evaluate step, and `rest-jax eval`);
+* `summary`: what a run concludes from its workdir (the best iteration against the base and
+  the SFT baseline, with paired intervals; the top-level `metrics.json`);
+* `adaptive_sampling`: Generate in rounds under a token budget (`LoopConfig.adaptive_rounds`);
 * `run`: the gin-configured entry point of `rest-jax run`.
 
 May import: every package below it (rewards, sampling, training, models, tasks, tokenizers,

@@ -29,6 +29,7 @@ from rest_jax.runtime import distributed as dist
 from rest_jax.loop import rest_em as loop_lib
 from rest_jax.loop import report
 from rest_jax.loop import rest_schedule
+from rest_jax.loop import summary
 from rest_jax.rewards import model as reward_model
 from rest_jax.rewards import training as reward_training
 from rest_jax.rewards import sources as rewards
@@ -302,7 +303,7 @@ class ReSTLoop(loop_lib.Loop):
       for s in range(1, r.improve_steps + 1):
         t = (g - 1) * r.improve_steps + s
         m = self._improve_step(g, s, rows, scores)
-        score = loop_lib._score(m)
+        score = summary.score(m)
         if best is None or score > best[1]:
           best = (t, score)
         self.state.best_iteration = best[0]

@@ -31,12 +31,12 @@ from rest_jax.runtime import distributed as dist
 from rest_jax.runtime import sample_placement
 from rest_jax.loop import adaptive_sampling
 from rest_jax.loop import evaluate_model
-from rest_jax.loop import evaluation
 from rest_jax.loop import filtering
 from rest_jax.loop import generate
 from rest_jax.training import improve
 from rest_jax.loop import report
 from rest_jax.loop import splits
+from rest_jax.loop import summary
 from rest_jax.runtime import workdir as workdir_lib
 from rest_jax.models import loading
 from rest_jax.models import params as params_lib
@@ -62,7 +62,7 @@ class LoopConfig:
   restart_from_base: ReST-EM fine-tunes the base model each iteration [True]; False
     warm-starts from the previous iteration's policy.
   base_sft_steps: fine-tune a freshly initialised model on human solutions for this many
-    steps before calling it the base (for the `tiny` demo; 0 for pretrained models).
+    steps before calling it the base (for the `nano` and `tiny` demos; 0 for pretrained models).
   num_human_solutions: how many of the training prompts have a human-written solution
     available (to the base SFT and the SFT baseline); None: all of them, as in the paper.
     Fewer models the usual case where final answers are plentiful and worked solutions
@@ -427,61 +427,14 @@ class Loop:
     return self.cfg.iterations
 
   def report_rows(self) -> list[dict]:
-    rows = []
-    for stage in ["iter_000", "sft_human"] + [f"iter_{i:03d}" for i in
-                                               range(1, self._num_iterations() + 1)]:
-      path = self.wd.root / stage / "metrics.json"
-      if path.exists():
-        m = workdir_lib.read_json(path)
-        rows.append({"stage": "base" if stage == "iter_000" else stage, "metrics": m,
-                     "counts": m.get("counts"), "times": m.get("times"),
-                     "best": self.state.best_iteration is not None
-                     and stage == f"iter_{self.state.best_iteration:03d}"})
-    return rows
-
-  def _stage_eval_rows(self, stage: str, ids: list[str]):
-    """STAGE's held-out (test) samples as `evaluation.per_prompt_metrics` takes them, read back
-    from its shard files (None if not evaluated)."""
-    d = self.wd.root / stage
-    if not (d / "metrics.json").exists():
-      return None
-    per_prompt: dict[str, list[dict]] = {pid: [] for pid in ids}
-    for path in sorted((d / "eval_heldout").glob("shard-*.jsonl")):
-      for r in workdir_lib.read_jsonl(path):
-        if r["prompt_id"] in per_prompt:
-          per_prompt[r["prompt_id"]].append(r)
-    for rows in per_prompt.values():
-      rows.sort(key=lambda r: r.get("sample_idx", 0))
-    greedy = {r["prompt_id"]: r["reward"] >= 1.0
-              for path in sorted((d / "eval_heldout_greedy").glob("shard-*.jsonl"))
-              for r in workdir_lib.read_jsonl(path)}
-    return evaluation.per_prompt_metrics(per_prompt, ks=(1,), greedy=greedy)
+    return summary.report_rows(self.wd.root, self._num_iterations(), self.state.best_iteration)
 
   method = "ReST-EM"
 
   def comparison(self) -> dict | None:
-    """The best iteration (by validation) against the base and the SFT baseline on the test
-    split: differences of pass@1 with paired bootstrap 95% intervals (same prompts, same
-    draws), and a one-line verdict. None before any iteration is evaluated."""
-    if self.state.best_iteration is None:
-      return None
-    best = f"iter_{self.state.best_iteration:03d}"
+    """`summary.comparison` of this run's best iteration on its test prompts."""
     ids = [p.id for p in self.problems("test", self.cfg.num_eval_prompts)]
-    mine = self._stage_eval_rows(best, ids)
-    if mine is None or "pass@1" not in mine:
-      return None
-    out = {"best_iteration": self.state.best_iteration,
-           "selected_by": f"{_selection_split(self._metrics_of(self.state.best_iteration))} pass@1",
-           "test_prompts": len(ids)}
-    for name, stage in (("base", "iter_000"), ("sft_human", "sft_human")):
-      theirs = self._stage_eval_rows(stage, ids)
-      if theirs is not None and "pass@1" in theirs:
-        out[f"vs_{name}"] = evaluation.paired_differences(
-            {"pass@1": mine["pass@1"]}, {"pass@1": theirs["pass@1"]})["pass@1"]
-    out["gain"] = bool(any(k.startswith("vs_") for k in out) and all(
-        out[k]["ci95"][0] > 0 for k in out if k.startswith("vs_")))
-    out["verdict"] = report.verdict_line(out, method=self.method)
-    return out
+    return summary.comparison(self.wd.root, self.state.best_iteration, ids, self.method)
 
   def _report(self):
     if self.is_writer:
@@ -492,15 +445,8 @@ class Loop:
       self._write_summary(rows, cmp)
 
   def _write_summary(self, rows, cmp):
-    """WORKDIR/metrics.json: the best iteration, each stage's pass@1 and the comparison."""
-    summary = {"best_iteration": self.state.best_iteration,
-               "selected_by": cmp["selected_by"] if cmp else None,
-               "finished": self.state.finished,
-               "stages": {r["stage"]: {f"{split}_pass@1": (r["metrics"].get(split) or {})
-                                       .get("pass@1") for split in ("heldout", "val", "train")
-                                       if split in r["metrics"]} for r in rows},
-               "comparison": cmp}
-    workdir_lib.write_json(self.wd.root / "metrics.json", summary)
+    summary.write_summary(self.wd.root, rows, cmp, self.state.best_iteration,
+                          self.state.finished)
 
   def run(self) -> dict:
     self._setup()
@@ -530,12 +476,12 @@ class Loop:
         if self.state.stopped_early:
           break
         m = self._iteration(i)
-        score = _score(m)
+        score = summary.score(m)
         if best is None or score > best[1]:
           best = (i, score)
         self.state.best_iteration = best[0]
-        if c.early_stop and i > 1 and score < _score(self._metrics_of(i - 1)):
-          log.info("%s pass@1 fell at iteration %d: stopping early", _selection_split(m), i)
+        if c.early_stop and i > 1 and score < summary.score(self._metrics_of(i - 1)):
+          log.info("%s pass@1 fell at iteration %d: stopping early", summary.selection_split(m), i)
           self.state.stopped_early = True
         self._save_state()
         self._report()
@@ -549,17 +495,6 @@ class Loop:
 
   def _metrics_of(self, i: int) -> dict:
     return workdir_lib.read_json(self.wd.root / f"iter_{i:03d}" / "metrics.json")
-
-
-def _selection_split(metrics: dict) -> str:
-  """The split that selects iterations: validation, else the train split; never the test."""
-  return "val" if "val" in metrics else "train"
-
-
-def _score(metrics: dict) -> float:
-  """The figure the best iteration and early stopping go by (pass@1 of `_selection_split`)."""
-  m = metrics.get(_selection_split(metrics), {})
-  return m.get("pass@1", m.get("greedy_pass@1", 0.0))
 
 
 def _flat(out: dict) -> dict:

