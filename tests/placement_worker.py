@@ -14,7 +14,6 @@ out, placements, shape = sys.argv[1], sys.argv[2], tuple(json.loads(sys.argv[3])
 multi = len(sys.argv) > 4
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 if multi:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -1,6 +1,5 @@
 import jax
 import numpy as np
-import optax
 import pytest
 
 from helpers import to_np
