@@ -333,7 +333,8 @@ class ReSTLoop(loop_lib.Loop):
                            verdict=cmp["verdict"] if cmp else None) + self._rest_section(rows)
     workdir_lib.write_text(self.wd.root / "report.md", text)
     report.plot(rows, self.wd.root / "report.png", method="ReST")
-    self._write_summary(rows, cmp)
+    summary.write_summary(self.wd.root, rows, cmp, self.state.best_iteration,
+                          self.state.finished)
 
   def _rest_section(self, rows) -> str:
     r = self.rest

@@ -442,11 +442,8 @@ class Loop:
       cmp = self.comparison()
       report.write(self.wd.root, rows, f"ReST-EM: {self.cfg.model} on {self.cfg.task}",
                    self.cfg.eval_ks, verdict=cmp["verdict"] if cmp else None)
-      self._write_summary(rows, cmp)
-
-  def _write_summary(self, rows, cmp):
-    summary.write_summary(self.wd.root, rows, cmp, self.state.best_iteration,
-                          self.state.finished)
+      summary.write_summary(self.wd.root, rows, cmp, self.state.best_iteration,
+                            self.state.finished)
 
   def run(self) -> dict:
     self._setup()
