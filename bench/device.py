@@ -118,7 +118,7 @@ def bench_decode_b1(preset, cache_len, log):
   mesh, cfg, graphdef, params = _sampler_model(preset)
   sampler = Sampler(graphdef, cfg, _NoStop(cfg.vocab_size), mesh, num_slots=1,
                     steps_per_dispatch=16, cache_dtype="bfloat16")
-  params = sampler.decode_params(params)
+  params = sampler.serving_params(params)
   per_step, cache_bytes = sampler.time_decode(params, cache_len=cache_len,
                                               position=cache_len // 2, dispatches=10)
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
@@ -134,7 +134,7 @@ def bench_sampler(preset, slots, prompts, new_tokens, log):
   mesh, cfg, graphdef, params = _sampler_model(preset)
   sampler = Sampler(graphdef, cfg, _NoStop(cfg.vocab_size), mesh, num_slots=slots,
                     steps_per_dispatch=16, cache_dtype="bfloat16", max_prefill_batch=64)
-  params = sampler.decode_params(params)
+  params = sampler.serving_params(params)
   rng = np.random.default_rng(0)
   ids = [list(rng.integers(32, 127, 96)) for _ in range(prompts)]
   sampling = SamplingParams(temperature=0.7, top_k=40, max_new_tokens=new_tokens)
@@ -158,7 +158,7 @@ def bench_generate(preset, slots, problems, k, new_tokens, workdir, log):
   probs = task.problems("train")[:problems]
   sampler = Sampler(graphdef, cfg, tok, mesh, num_slots=slots, steps_per_dispatch=16,
                     cache_dtype="bfloat16", max_prefill_batch=64)
-  params = sampler.decode_params(params)
+  params = sampler.serving_params(params)
   sampling = SamplingParams(temperature=1.0, max_new_tokens=new_tokens)
   with VerifierPool() as pool:
     kw = dict(sampler=sampler, params=params, tokenizer=tok, pool=pool, sampling=sampling)

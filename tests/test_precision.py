@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rest_jax.models import PRESETS, init_params
+from rest_jax.models import params as params_lib
 from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.sampling.sampler import Sampler, SamplingParams
 from rest_jax.tokenizers import ByteTokenizer
@@ -74,21 +75,32 @@ def test_logits_and_loss_stay_float32_under_bf16_compute():
   assert loss.dtype == jnp.float32
 
 
-def test_decode_params_cast_on_device_in_their_shardings():
-  mesh = mesh_lib.create_mesh((1, 4, 2))
+def test_serving_params_reshard_and_cast_on_device():
+  mesh = mesh_lib.create_mesh((1, 4, 2))      # training layout: FSDP over embed, tensor 2
   cfg = CFG.replace(dtype="bfloat16")
   graphdef, params = init_params(cfg, mesh)
   sampler = Sampler(graphdef, cfg, ByteTokenizer(vocab_size=cfg.vocab_size), mesh, num_slots=8,
                     cache_dtype="bfloat16")
-  cast = sampler.decode_params(params)
-  for a, b in zip(jax.tree.leaves(cast), jax.tree.leaves(params)):
+  tp = mesh_lib.serving_tensor_parallel(8, cfg.num_heads, cfg.num_kv_heads)
+  assert dict(sampler.mesh.shape) == {"data": 8 // tp, "fsdp": 1, "tensor": tp}
+  # The same devices in the same order: the move is one program on the devices.
+  assert list(sampler.mesh.devices.flat) == list(mesh.devices.flat)
+  with jax.transfer_guard_device_to_host("disallow_explicit"), \
+      jax.transfer_guard_host_to_device("disallow_explicit"):
+    served = sampler.serving_params(params)
+  for a, b, names in zip(jax.tree.leaves(served), jax.tree.leaves(params),
+                         jax.tree.leaves(params_lib.logical_axes(params),
+                                         is_leaf=lambda x: isinstance(x, tuple))):
     assert a.dtype == jnp.bfloat16 and b.dtype == jnp.float32
-    assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
+    assert a.sharding.mesh is sampler.mesh
+    pieces = dict(zip(names, np.divide(a.shape, a.sharding.shard_shape(a.shape))))
+    assert pieces.get("embed", 1) == 1          # no weight is split over embed when serving
+    assert pieces.get("heads", tp) == tp        # heads (and MLP, vocabulary) over tensor
+    assert pieces.get("mlp", tp) == tp
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b.astype(jnp.bfloat16)))
-  assert sampler.decode_params(cast) is cast           # already bf16: nothing to do
-  f32 = Sampler(graphdef, CFG, ByteTokenizer(vocab_size=CFG.vocab_size), mesh, num_slots=8)
-  assert f32.decode_params(params) is params          # float32 compute: no copy
-  out = sampler.generate(cast, [[1, 2, 3]], num_samples=2, seed=0,
+  assert sampler.serving_params(served) is served        # already there: nothing to do
+  assert sampler.serving_stats["bytes"] == sum(x.nbytes for x in jax.tree.leaves(served))
+  out = sampler.generate(served, [[1, 2, 3]], num_samples=2, seed=0,
                          sampling=SamplingParams(temperature=1.0, max_new_tokens=5))
   assert [len(c.tokens) for c in out[0]] == [5, 5]
 
@@ -127,7 +139,7 @@ def test_smollm2_bf16_greedy_decoding_agrees_with_float32(smollm2_pair):
   for m in (f32, bf16):
     s = Sampler(m.graphdef, m.config, tok, mesh, num_slots=8, cache_dtype=m.config.dtype,
                 prompt_buckets=(64,), cache_buckets=(128,))
-    outs.append(s.generate(s.decode_params(m.params), prompts, num_samples=1, seed=0,
+    outs.append(s.generate(s.serving_params(m.params), prompts, num_samples=1, seed=0,
                            sampling=SamplingParams(temperature=0.0, max_new_tokens=32)))
   same = total = 0
   for (a,), (b,) in zip(*outs):

@@ -80,26 +80,27 @@ def _greedy_reference(graphdef, params, prompt, n, stop_ids, width=64):
 def test_prefill_and_decode_step_equal_full_forward(family):
   cfg, graphdef, params = _model(family)
   length = 11  # past gemma3's window of 4: local layers must mask old keys
-  tokens = jax.random.randint(jax.random.key(3), (2, length), 0, cfg.vocab_size)
-  full, _ = nnx.merge(graphdef, params)(tokens)
-  # Row 0 prefills 3 tokens, row 1 prefills 5 (right-padded to 6); both then decode one at a time.
+  # Two prompts (3 and 5 tokens), each continued two different ways by a group of two slots
+  # that reads it from one store row.
   lengths = jnp.array([3, 5])
-  padded = jnp.where(jnp.arange(6)[None] < lengths[:, None], tokens[:, :6], 0)
-  logits, prefix = jax.jit(sampling_model.prefill, static_argnums=(0, 4))(
-      graphdef, params, padded, lengths, jnp.float32)
-  np.testing.assert_allclose(to_np(logits), to_np(full[jnp.arange(2), lengths - 1]),
+  seqs = jax.random.randint(jax.random.key(3), (4, length), 0, cfg.vocab_size)
+  seqs = seqs.at[1, :3].set(seqs[0, :3]).at[3, :5].set(seqs[2, :5])
+  full, _ = nnx.merge(graphdef, params)(seqs)
+  prompts = jnp.where(jnp.arange(6)[None] < lengths[:, None], seqs[::2, :6], 0)
+  logits, store = jax.jit(sampling_model.prefill, static_argnums=(0, 4))(
+      graphdef, params, prompts, lengths, jnp.float32)
+  np.testing.assert_allclose(to_np(logits), to_np(full[::2][jnp.arange(2), lengths - 1]),
                              atol=ATOL, rtol=0)
-  cache = sampling_model.DecodeCache.zeros(cfg, 2, 16, jnp.float32)
-  cache = jax.tree.map(lambda c, p: c.at[:, :, :, :6].set(p), cache, prefix)
-  step = jax.jit(sampling_model.decode_step, static_argnums=(0, 5))
-  pos = lengths
+  cache = sampling_model.DecodeCache.zeros(cfg, 4, 16, jnp.float32)
+  step = jax.jit(sampling_model.decode_step, static_argnums=(0, 7))
+  pos, steps = jnp.repeat(lengths, 2), jnp.ones((4,), jnp.int32)
+  rows = jnp.arange(4)
   for _ in range(length - 5):
-    for window in (None, 12):
-      logits, _ = step(graphdef, params, cache, tokens[jnp.arange(2), pos], pos, window)
-      np.testing.assert_allclose(to_np(logits), to_np(full[jnp.arange(2), pos]), atol=ATOL,
-                                 rtol=0)
-    _, cache = step(graphdef, params, cache, tokens[jnp.arange(2), pos], pos, None)
-    pos = pos + 1
+    for window in (None, 8):   # 8: the completion part reads its first 8 entries only
+      logits, _ = step(graphdef, params, store, cache, seqs[rows, pos], pos, steps, window)
+      np.testing.assert_allclose(to_np(logits), to_np(full[rows, pos]), atol=ATOL, rtol=0)
+    _, cache = step(graphdef, params, store, cache, seqs[rows, pos], pos, steps, None)
+    pos, steps = pos + 1, steps + 1
 
 
 # ----------------------------------------------------------------------------- greedy
@@ -330,7 +331,7 @@ def test_bfloat16_cache_runs():
   ref, _ = _greedy_reference(graphdef, params, [5, 9, 2], 6, {tok.eos_id})
   assert c.tokens[:2] == ref[:2]   # bf16 keys may flip a later near-tie
   assert sampler.stats["kv_cache_bytes"] == 2 * 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * (
-      4 * sampler.stats["cache_len"] + sampler.stats["store_rows"] * sampler.stats["store_len"])
+      sampler.stats["slots"] * sampler.stats["cache_len"] + sampler.stats["store_rows"] * sampler.stats["store_len"])
 
 
 def test_byte_tokenizer_end_to_end():

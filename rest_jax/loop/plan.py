@@ -276,9 +276,10 @@ def plan_run(topology: str, num_slices: int = 1, mesh_shape=None,
                 cache_dtype=loop.compute_dtype)
 
   def on(sample_mesh, placement):
+    # The policy as Generate receives it: the training layout on the sampling mesh (the
+    # sampler's move to its serving layout is one of the programs compiled).
     sample_params = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, jnp.dtype(cfg.dtype) if jnp.issubdtype(
-            a.dtype, jnp.floating) else a.dtype, sharding=s),
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         params, params_lib.shardings(sample_mesh, params))
     return plan_sampler(cfg, graphdef, sample_params, sample_mesh, slice_, tokenizer,
                         placement=placement, **sample)

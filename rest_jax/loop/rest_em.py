@@ -267,7 +267,7 @@ class Loop:
     if self._local is None or self._local[0] is not params:
       local = sample_placement.to_sampling_mesh(params, self.mesh, self.sample_mesh,
                                                 params_lib.shardings)
-      self._local = (params, self.sampler.decode_params(local))
+      self._local = (params, self.sampler.serving_params(local))
     return self._local[1]
 
   def _improve(self, stage: str, init_params, examples, seed: int):

@@ -158,6 +158,29 @@ def host_replicas(local_meshes: Sequence[Mesh]) -> Mesh:
   return Mesh(np.concatenate([m.devices for m in local_meshes], axis=0), MESH_AXES)
 
 
+def serving_tensor_parallel(num_devices: int, num_heads: int, num_kv_heads: int) -> int:
+  """Tensor parallelism of the serving layout on `num_devices`: the largest divisor of the
+  device count that divides the KV heads (and so the query heads). The KV cache is then split
+  over heads, never copied; a model with fewer KV heads than chips (gemma3-1b has one) keeps a
+  whole copy of its weights per tensor group, and its rows split over the rest."""
+  return max(t for t in range(1, num_devices + 1)
+             if num_devices % t == 0 and num_kv_heads % t == 0 and num_heads % t == 0)
+
+
+def serving_mesh(mesh: Mesh, tensor: int) -> Mesh:
+  """`mesh`'s devices, in the same order, shaped for decoding: ('data', 'fsdp', 'tensor') =
+  (rest, 1, `tensor`). With the logical rules, weights shard over heads, MLP and vocabulary and
+  replicate over `data`; rows (slots, prompts) split over `data`. A decode step then moves
+  activations between chips, never weights. The same device order keeps one device assignment,
+  so a jitted program reshards between the two layouts on the devices."""
+  n = mesh.devices.size
+  if tensor < 1 or n % tensor:
+    raise ValueError(f"serving tensor parallelism {tensor} does not divide {n} devices")
+  if tuple(mesh.devices.shape) == (n // tensor, 1, tensor):
+    return mesh
+  return Mesh(mesh.devices.reshape(n // tensor, 1, tensor), MESH_AXES)
+
+
 def describe(mesh: Mesh) -> str:
   return " x ".join(f"{n}={s}" for n, s in mesh.shape.items())
 

@@ -5,27 +5,36 @@ The Generate phase of ReST-EM. `Sampler.generate(params, prompts, num_samples=K,
 
 How it runs:
 
-* **Slots.** Decoding runs on a fixed number of rows (`num_slots`). The host keeps a queue of
-  pending (prompt, sample) pairs, prompt-major; whenever slots are free, the next pairs go into
-  them, so a slot never waits behind a long sample in another row.
-* **Prefill once per prompt.** A prompt is prefilled once (padded to a length bucket) into a
-  small device-side store of prompt caches; each of its K samples copies that cache into its
-  slot and draws its first token from the stored last-token logits.
+* **Serving layout.** The policy arrives in the training layout (FSDP over `embed`). The
+  sampler runs on its own mesh over the same devices, shaped `(data, 1, tensor)`
+  (`mesh.serving_mesh`): weights split over attention heads, MLP and vocabulary across the
+  `tensor` chips and replicated over `data`; prompts and slots split over `data`, KV heads over
+  `tensor`. `serving_params` moves the policy there once per policy, in one jitted program on
+  the devices (cast to the compute dtype on the way). A decode step then moves activations,
+  never weights. `tensor` defaults to the largest divisor of the device count that divides the
+  KV heads: a cache is never copied across chips; a model with fewer KV heads than chips keeps
+  a copy of its weights per `tensor` group and spreads its rows over the rest.
+* **Groups of slots share a prompt.** Decoding runs on `rows * g` slots in `rows` groups of `g`
+  (`g = min(group_size, K)`). A prompt is prefilled once into its group's row of the prompt
+  store, and stays there while any of its samples decodes; the group's slots take its samples
+  one after another (a finished slot takes the prompt's next sample at once), and when all of
+  them are taken and done the group takes the next prompt. A slot's own cache holds only its
+  completion (`max_new_tokens` entries), so slot memory does not grow with prompt length.
 * **Decode.** One jitted call runs `steps_per_dispatch` decode steps for all slots inside a
-  `lax.scan`: forward, draw, stop-id and length checks all on the device. The host then
-  appends the new tokens, checks stop strings on the detokenised text, and refills slots
-  (`sampling_scheduler.Run`).
-* **Pure functions.** Prefill, insert and decode are pure functions of `(params, cache, ...)`
-  jitted with explicit in/out shardings and the cache donated. `params` are the arrays the
-  train step uses, passed in, never copied. The cache is sharded over rows (`batch`) and KV
-  heads. Shapes come from a few buckets (prompt length, cache length, rows per prefill and
-  per insert), so a run compiles a handful of programs; each compilation is logged.
+  `lax.scan`: forward, draw, stop-id and length checks all on the device. Attention reads each
+  group's prompt once per step for all its slots, plus each slot's own tokens, merged into one
+  exact softmax (`forward.decode_step`). The host then appends the new tokens, checks stop
+  strings on the detokenised text, and refills slots (`sampling_scheduler.Run`).
+* **Pure functions.** Prefill, insert and decode are pure functions of `(params, caches, ...)`
+  jitted with explicit in/out shardings and the completion cache and slot state donated.
+  Shapes come from a few buckets (prompt length, completion length, rows per prefill and per
+  insert), so a run compiles a handful of programs; each compilation is logged.
 * **Several processes.** On a mesh spanning processes every process runs `generate` with the
   same prompts; the programs run once over all devices and their outputs come back to every
   host, so the host schedulers make the same decisions (`runtime/sample_placement.py`).
 * **Determinism.** Sample j of the prompt with key p draws its t-th token with
-  `fold_in(fold_in(fold_in(key(seed), p), j), t)`, and a row's computation never depends on
-  the other rows, so a completion is the same whatever the batch, slot count, mesh or order.
+  `fold_in(fold_in(fold_in(key(seed), p), j), t)`, and a slot's computation never depends on
+  the other slots, so a completion is the same whatever the batch, slot count, mesh or order.
   (Floating-point sums may differ in the last bit between shapes, which can flip a draw only
   when the uniform falls within ~1e-6 of a CDF boundary.)
 
@@ -53,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rest_jax.models import params as params_lib
 from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.sampling import filters
 from rest_jax.sampling import forward as sampling_model
@@ -136,17 +146,24 @@ class Sampler:
   Args:
     graphdef, config: the model (`nnx.split(model)[0]` and its `ModelConfig`).
     tokenizer: a `rest_jax.tokenizers.Tokenizer`; its `stop_ids` (or `eos_id`) end a sample.
-    mesh: the mesh `params` live on.
-    num_slots: decode rows; sharded over the mesh's batch axes (`data`, `fsdp`).
+    mesh: the mesh the policy's parameters live on; the sampler decodes on a serving mesh
+      over the same devices (`serving_mesh`).
+    num_slots: most sequences decoding at once.
+    group_size: most slots sharing one prompt (`g = min(group_size, K)` for K samples); a
+      call decodes on `rows * g` slots, `rows = num_slots // g` (capped by `prompt_rows`).
+    prompt_rows: most prompts decoding at once (rows of the prompt store); None: as many as
+      `num_slots // g`. Caps the store's memory when K is small (greedy evaluation: g = 1).
+    tensor_parallel: chips each weight matrix is split over when decoding (None: the largest
+      divisor of the device count that divides the KV heads).
     max_cache_len: longest prompt + completion allowed (default: the model's `max_seq_len`).
     steps_per_dispatch: decode steps per jitted call between host checks.
     cache_dtype: KV cache storage ('float32' or 'bfloat16').
     prompt_buckets: prompt lengths are padded up to one of these.
-    cache_buckets: the cache length of a run is bucket(longest prompt + max_new_tokens).
+    cache_buckets: a slot's completion cache holds bucket(max_new_tokens) entries.
     max_prefill_batch: most prompts per prefill call (padded to a power of two).
     truncate_prompts: cut over-long prompts from the left instead of raising.
-    window_quantum: if set, a dispatch attends only to the first round_up(max position, quantum)
-      cache entries (one compiled program per window size). Helps when rows advance together.
+    window_quantum: if set, a dispatch attends only to the first round_up(longest completion,
+      quantum) completion entries (one compiled program per window size).
     layer_unroll: unroll factor of the decode step's layer scan (`True`: every layer). On
       XLA:CPU, 1 is fastest (BENCHMARKS.md); on accelerators it trades compile time for fewer
       loop iterations.
@@ -154,15 +171,24 @@ class Sampler:
   """
 
   def __init__(self, graphdef, config: ModelConfig, tokenizer, mesh, *, num_slots: int = 32,
-               max_cache_len: int | None = None, steps_per_dispatch: int = 8,
-               cache_dtype: str = "float32", prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
+               group_size: int = 16, prompt_rows: int | None = None,
+               tensor_parallel: int | None = None, max_cache_len: int | None = None,
+               steps_per_dispatch: int = 8, cache_dtype: str = "float32",
+               prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
                cache_buckets: Sequence[int] | None = None, max_prefill_batch: int = 8,
                truncate_prompts: bool = False, window_quantum: int | None = None,
                layer_unroll: int | bool = 1, compiler_options: dict | None = None):
-    if num_slots < 1 or steps_per_dispatch < 1 or max_prefill_batch < 1:
-      raise ValueError("num_slots, steps_per_dispatch and max_prefill_batch must be >= 1")
-    self.graphdef, self.config, self.tokenizer, self.mesh = graphdef, config, tokenizer, mesh
-    self.num_slots = num_slots
+    if min(num_slots, group_size, steps_per_dispatch, max_prefill_batch) < 1:
+      raise ValueError("num_slots, group_size, steps_per_dispatch and max_prefill_batch must "
+                       "be >= 1")
+    if prompt_rows is not None and prompt_rows < 1:
+      raise ValueError(f"prompt_rows must be >= 1 (or None), got {prompt_rows}")
+    self.graphdef, self.config, self.tokenizer = graphdef, config, tokenizer
+    n = mesh.devices.size
+    tp = tensor_parallel or mesh_lib.serving_tensor_parallel(n, config.num_heads,
+                                                             config.num_kv_heads)
+    self.mesh = mesh_lib.serving_mesh(mesh, tp)   # raises when tp does not divide n
+    self.num_slots, self.group_size, self.prompt_rows = num_slots, group_size, prompt_rows
     self.max_cache_len = max_cache_len or config.max_seq_len
     self.steps_per_dispatch = steps_per_dispatch
     self.cache_dtype = jnp.dtype(cache_dtype)
@@ -182,6 +208,22 @@ class Sampler:
     self._planned: dict | None = None   # set while `plan` compiles without running
     self.compilations: list[tuple[str, float]] = []   # (program, seconds), in order
     self.stats: dict = {}                             # figures of the last generate()
+    self.serving_stats: dict = {}                     # figures of the last move to serving
+
+  def groups(self, num_samples: int, num_prompts: int | None = None) -> tuple[int, int]:
+    """(prompt rows, slots per row) of a call with K = `num_samples` (and `num_prompts`
+    prompts: no more rows than prompts, rounded up to a power of two). Rows are a multiple of
+    the mesh's `data` size where they can be, so each row and its slots share a chip."""
+    g = max(1, min(self.group_size, num_samples, self.num_slots))
+    rows = self.num_slots // g
+    if self.prompt_rows:
+      rows = min(rows, self.prompt_rows)
+    if num_prompts is not None:
+      rows = min(rows, sched.pow2(num_prompts))
+    d = self.mesh.shape["data"]
+    if rows > d:
+      rows -= rows % d
+    return max(1, rows), g
 
   # ------------------------------------------------------------------------ shardings
 
@@ -192,10 +234,9 @@ class Sampler:
     sh = self._sharding(DecodeCache.LOGICAL, shape)
     return DecodeCache(sh, sh)
 
-  def _state_sharding(self):
-    s = self.num_slots
-    row = self._sharding(("batch",), (s,))
-    return SlotState(row, row, row, row, self._sharding(("batch", None), (s, 2)))
+  def _state_sharding(self, slots: int):
+    row = self._sharding(("batch",), (slots,))
+    return SlotState(row, row, row, row, self._sharding(("batch", None), (slots, 2)))
 
   def _replicated(self):
     return mesh_lib.replicated(self.mesh)
@@ -243,18 +284,38 @@ class Sampler:
   def _params_sharding(self, params):
     return jax.tree.map(lambda x: x.sharding, params)
 
-  def decode_params(self, params):
-    """`params` in the model's compute dtype, for sampling: float32 master weights of a
-    bfloat16 model are cast once, on the devices and in their shardings (a Generate phase
-    calls this once; no host copy). Identity when they are already in it."""
+  def _serving_target(self, params):
+    """(shardings, dtypes) of `params` in the serving layout."""
     dt = jnp.dtype(self.config.dtype)
-    cast = lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x
-    if not any(jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dt
-               for x in jax.tree.leaves(params)):
+    sh = params_lib.shardings(self.mesh, params)
+    dts = jax.tree.map(lambda x: dt if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype,
+                       params)
+    return sh, dts
+
+  def in_serving_layout(self, params) -> bool:
+    sh, dts = self._serving_target(params)
+    return all(getattr(x, "sharding", None) == s and x.dtype == d for x, s, d in zip(
+        jax.tree.leaves(params), jax.tree.leaves(sh), jax.tree.leaves(dts)))
+
+  def serving_params(self, params):
+    """`params` in the serving layout and the model's compute dtype: one jitted program on
+    the devices (a reshard and a cast; nothing goes through host memory), run once per policy.
+    Identity when they are already there. Its time and size are in `serving_stats`."""
+    if self.in_serving_layout(params):
       return params
-    sh = self._params_sharding(params)
-    return self._call("cast_params", (), lambda p: jax.tree.map(cast, p), (params,), (sh,), sh,
-                      ())
+    target, dts = self._serving_target(params)
+    cast = lambda p: jax.tree.map(lambda x, d: x.astype(d), p, dts)
+    t0 = time.perf_counter()
+    out = self._call("serving_layout", (), cast, (params,), (self._params_sharding(params),),
+                     target, ())
+    if out is not None:
+      jax.block_until_ready(out)
+      self.serving_stats = {"seconds": time.perf_counter() - t0,
+                            "bytes": sum(x.nbytes for x in jax.tree.leaves(out))}
+      log.info("sampler: policy moved to the serving layout (%s; %.2f GiB) in %.1fs",
+               mesh_lib.describe(self.mesh), self.serving_stats["bytes"] / 2**30,
+               self.serving_stats["seconds"])
+    return out
 
   def _prefill(self, params, store, store_logits, tokens, lengths, rows):
     graphdef, kv_dtype = self.graphdef, self.cache_dtype
@@ -276,20 +337,11 @@ class Sampler:
          self._replicated(), self._replicated()),
         (store_sh, logits_sh), donate=(1, 2))
 
-  def _insert(self, cache, state, store, store_logits, slots, rows, pkeys, samples, lengths,
-              seed, dyn, spec):
-    def fn(cache, state, store, store_logits, slots, rows, pkeys, samples, lengths, seed, dyn):
+  def _insert(self, state, store_logits, slots, rows, pkeys, samples, lengths, seed, dyn, spec):
+    """Starts samples in slots: their first token is drawn from their prompt's stored logits.
+    The completion cache is not touched: a slot at step 1 reads none of its old entries."""
+    def fn(state, store_logits, slots, rows, pkeys, samples, lengths, seed, dyn):
       temperature, top_p, stop_ids, max_new = dyn
-      lp = store.length
-      # Each slot's source row (-1: keeps its own), then one select over the cache's first
-      # `lp` positions: a scatter into the row-sharded cache makes XLA copy the whole cache.
-      src = jnp.full((cache.k.shape[1],), -1, jnp.int32).at[slots].set(rows, mode="drop")
-      take = (src >= 0)[None, :, None, None, None]
-
-      def put(c, s):
-        head = jnp.where(take, s[:, jnp.maximum(src, 0)], c[:, :, :, :lp])
-        return jax.lax.dynamic_update_slice(c, head.astype(c.dtype), (0,) * c.ndim)
-      cache = DecodeCache(put(cache.k, store.k), put(cache.v, store.v))
       keys = _sample_keys(seed, pkeys, samples)
       first_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
       tok, logp = filters.draw(store_logits[rows], first_keys, spec, temperature, top_p)
@@ -299,28 +351,26 @@ class Sampler:
           token=set_(state.token, tok), pos=set_(state.pos, lengths),
           step=set_(state.step, jnp.ones_like(lengths)), active=set_(state.active, ~done),
           key=set_(state.key, jax.random.key_data(keys)))
-      return cache, state, tok, logp
+      return state, tok, logp
 
-    cache_sh = self._cache_sharding(cache.k.shape)
-    state_sh = self._state_sharding()
+    state_sh = self._state_sharding(state.token.shape[0])
     rep = self._replicated()
-    args = (cache, state, store, store_logits, slots, rows, pkeys, samples, lengths, seed, dyn)
+    args = (state, store_logits, slots, rows, pkeys, samples, lengths, seed, dyn)
     return self._call(
         "insert", (len(slots), spec), fn, args,
-        (cache_sh, state_sh, self._cache_sharding(store.k.shape),
-         self._sharding(("batch", "vocab"), store_logits.shape)) + (rep,) * 7,
-        (cache_sh, state_sh, rep, rep), donate=(0, 1))
+        (state_sh, self._sharding(("batch", "vocab"), store_logits.shape)) + (rep,) * 7,
+        (state_sh, rep, rep), donate=(0,))
 
-  def _decode(self, params, cache, state, dyn, spec, window):
+  def _decode(self, params, store, cache, state, dyn, spec, window):
     graphdef, steps, unroll = self.graphdef, self.steps_per_dispatch, self.layer_unroll
 
-    def fn(params, cache, state, dyn):
+    def fn(params, store, cache, state, dyn):
       temperature, top_p, stop_ids, max_new = dyn
 
       def body(carry, _):
         cache, st = carry
-        logits, cache = sampling_model.decode_step(graphdef, params, cache, st.token, st.pos,
-                                                   window, unroll)
+        logits, cache = sampling_model.decode_step(graphdef, params, store, cache, st.token,
+                                                   st.pos, st.step, window, unroll)
         keys = jax.vmap(lambda kd, t: jax.random.fold_in(jax.random.wrap_key_data(kd), t))(
             st.key, st.step)
         tok, logp = filters.draw(logits, keys, spec, temperature, top_p)
@@ -335,54 +385,64 @@ class Sampler:
                                                           length=steps)
       return cache, state, toks.T, logps.T, valid.T
 
+    slots = state.token.shape[0]
     cache_sh = self._cache_sharding(cache.k.shape)
-    state_sh = self._state_sharding()
+    state_sh = self._state_sharding(slots)
     # The host reads these every dispatch: on a mesh spanning processes (global placement)
     # each process needs all rows, so they come back replicated.
     out_sh = (self._replicated() if self.mesh.is_multi_process
-              else self._sharding(("batch", None), (self.num_slots, steps)))
-    args = (params, cache, state, dyn)
+              else self._sharding(("batch", None), (slots, steps)))
+    args = (params, store, cache, state, dyn)
     return self._call(
-        "decode", (self.num_slots, cache.length, window, steps, spec), fn, args,
-        (self._params_sharding(params), cache_sh, state_sh, self._replicated()),
-        (cache_sh, state_sh, out_sh, out_sh, out_sh), donate=(1, 2))
+        "decode", (slots, store.k.shape[1], store.length, cache.length, window, steps, spec),
+        fn, args,
+        (self._params_sharding(params), self._cache_sharding(store.k.shape), cache_sh, state_sh,
+         self._replicated()),
+        (cache_sh, state_sh, out_sh, out_sh, out_sh), donate=(2, 3))
 
-  def plan(self, params, *, prompt_len: int, num_samples: int,
-           sampling: SamplingParams) -> dict:
-    """Compiles, without running, the prefill, insert and decode programs that `generate` runs
-    for prompts of up to `prompt_len` tokens: {name: compiled}. `params` may be abstract
-    (ShapeDtypeStructs with shardings, e.g. on a TPU slice's mesh). The programs are the very
-    ones `generate` calls (same functions, shapes and shardings), at the largest prefill batch.
+  def _abstract_cache(self, rows, length):
+    shape = DecodeCache.shape(self.config, rows, length)
+    sh = self._cache_sharding(shape)
+    store_dt = sampling_model.storage_dtype(self.cache_dtype)
+    return DecodeCache(jax.ShapeDtypeStruct(shape, store_dt, sharding=sh.k),
+                       jax.ShapeDtypeStruct(shape, store_dt, sharding=sh.v))
+
+  def plan(self, params, *, prompt_len: int, num_samples: int, sampling: SamplingParams,
+           num_prompts: int | None = None) -> dict:
+    """Compiles, without running, the programs that `generate` runs for prompts of up to
+    `prompt_len` tokens: {name: compiled}: the move to the serving layout (when `params` are
+    not in it), prefill, insert and decode. `params` may be abstract (ShapeDtypeStructs with
+    shardings, e.g. on a TPU slice's mesh). The programs are the very ones `generate` calls
+    (same functions, shapes and shardings), at the largest prefill batch.
     """
     spec = filters.FilterSpec.of(sampling.temperature, sampling.top_k, sampling.top_p,
                                  self.config.vocab_size)
-    run = sched.Run(self, params, [[0] * prompt_len], [0], num_samples, sampling, spec, 0,
+    run = sched.Run(self, params, [[0] * prompt_len] * (num_prompts or self.num_slots),
+                    list(range(num_prompts or self.num_slots)), num_samples, sampling, spec, 0,
                     False, None)
-    cfg, S = self.config, self.num_slots
-    store_dt = sampling_model.storage_dtype(self.cache_dtype)
-
-    def cache(rows, length):
-      shape = DecodeCache.shape(cfg, rows, length)
-      sh = self._cache_sharding(shape)
-      return DecodeCache(jax.ShapeDtypeStruct(shape, store_dt, sharding=sh.k),
-                         jax.ShapeDtypeStruct(shape, store_dt, sharding=sh.v))
-
-    store = cache(run.store_rows, run.store_len)
-    logits = jax.ShapeDtypeStruct((run.store_rows, cfg.vocab_size), jnp.float32,
-                                  sharding=self._sharding(("batch", "vocab"),
-                                                          (run.store_rows, cfg.vocab_size)))
+    cfg, slots = self.config, run.slots
     b = self.max_prefill_batch
     i32 = lambda *shape: np.zeros(shape, np.int32)
     state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                         jax.eval_shape(lambda: SlotState.empty(S)), self._state_sharding())
+                         jax.eval_shape(lambda: SlotState.empty(slots)),
+                         self._state_sharding(slots))
     self._planned = {}
     try:
+      target, dts = self._serving_target(params)
+      if not self.in_serving_layout(params):
+        self.serving_params(params)
+        params = jax.tree.map(lambda x, sh, d: jax.ShapeDtypeStruct(x.shape, d, sharding=sh),
+                              params, target, dts)
+      store = self._abstract_cache(run.rows, run.store_len)
+      logits = jax.ShapeDtypeStruct((run.rows, cfg.vocab_size), jnp.float32,
+                                    sharding=self._sharding(("batch", "vocab"),
+                                                            (run.rows, cfg.vocab_size)))
       self._prefill(params, store, logits, i32(b, run.store_len), i32(b), i32(b))
-      n = sched.pow2(S)
-      self._insert(cache(S, run.cache_len), state, store, logits, i32(n), i32(n),
-                   np.zeros((n,), np.uint32), np.zeros((n,), np.uint32), i32(n), run.seed,
-                   run.dyn, spec)
-      self._decode(params, cache(S, run.cache_len), state, run.dyn, spec, None)
+      n = sched.pow2(slots)
+      self._insert(state, logits, i32(n), i32(n), np.zeros((n,), np.uint32),
+                   np.zeros((n,), np.uint32), i32(n), run.seed, run.dyn, spec)
+      self._decode(params, store, self._abstract_cache(slots, run.cache_len), state, run.dyn,
+                   spec, None)
       return dict(self._planned)
     finally:
       self._planned = None
@@ -391,42 +451,52 @@ class Sampler:
     exe = self._program(name, (), make, (), (), sharding, ())
     return exe()
 
-  def _empty_state(self):
-    return self._zeros("zeros_state", lambda: SlotState.empty(self.num_slots),
-                       self._state_sharding())
+  def _empty_state(self, slots: int):
+    return self._zeros(f"zeros_state{slots}", lambda: SlotState.empty(slots),
+                       self._state_sharding(slots))
 
-  def time_decode(self, params, *, cache_len: int, position: int, dispatches: int = 10,
+  def zeros_cache(self, rows: int, length: int) -> DecodeCache:
+    """A zero cache of `rows` rows and `length` entries, made on the devices in its sharding."""
+    shape = DecodeCache.shape(self.config, rows, length)
+    return self._zeros(f"zeros_cache{shape}",
+                       lambda: DecodeCache.zeros(self.config, rows, length, self.cache_dtype),
+                       self._cache_sharding(shape))
+
+  def time_decode(self, params, *, prompt_len: int, new_tokens: int, num_samples: int,
+                  position: int | None = None, dispatches: int = 10,
                   sampling: SamplingParams | None = None) -> tuple[float, int]:
-    """(seconds per decode step, KV cache bytes) with every slot decoding at `position`.
-
-    A benchmark helper: decode only, no prefill or host work between dispatches.
+    """(seconds per decode step, KV bytes of store and completion cache) with every slot
+    decoding, `position` tokens into its completion (default: half of `new_tokens`), its
+    group's prompt `prompt_len` long. A benchmark helper: decode only, no host work between
+    dispatches.
     """
-    sampling = sampling or SamplingParams()
-    cfg, slots = self.config, self.num_slots
+    sampling = sampling or SamplingParams(max_new_tokens=new_tokens)
+    params = self.serving_params(params)
     spec = filters.FilterSpec.of(sampling.temperature, sampling.top_k, sampling.top_p,
-                                 cfg.vocab_size)
-    shape = DecodeCache.shape(cfg, slots, cache_len)
-    cache = self._zeros(f"zeros_cache{shape}",
-                        lambda: DecodeCache.zeros(cfg, slots, cache_len, self.cache_dtype),
-                        self._cache_sharding(shape))
+                                 self.config.vocab_size)
+    rows, g = self.groups(num_samples)
+    slots = rows * g
+    store = self.zeros_cache(rows, prompt_len)
+    cache = self.zeros_cache(slots, new_tokens)
     dyn = (np.float32(max(sampling.temperature, 1e-6)), np.float32(sampling.top_p),
            np.full((MAX_STOP_IDS,), -1, np.int32), np.int32(1 << 30))
-    start = min(position, cache_len - 1 - self.steps_per_dispatch)
+    step = max(1, min(new_tokens // 2 if position is None else position,
+                      new_tokens - self.steps_per_dispatch))
 
     def fresh_state():
       z = np.zeros((slots,), np.int32)
-      st = SlotState(z, np.full((slots,), start, np.int32), z + 1, np.ones((slots,), bool),
-                     np.zeros((slots, 2), np.uint32))
-      return jax.device_put(st, self._state_sharding())
+      st = SlotState(z, np.full((slots,), prompt_len + step - 1, np.int32), z + step,
+                     np.ones((slots,), bool), np.zeros((slots, 2), np.uint32))
+      return jax.device_put(st, self._state_sharding(slots))
 
-    cache, *out = self._decode(params, cache, fresh_state(), dyn, spec, None)
+    cache, *out = self._decode(params, store, cache, fresh_state(), dyn, spec, None)
     jax.block_until_ready(out)
     t0 = time.perf_counter()
     for _ in range(dispatches):
-      cache, *out = self._decode(params, cache, fresh_state(), dyn, spec, None)
+      cache, *out = self._decode(params, store, cache, fresh_state(), dyn, spec, None)
     jax.block_until_ready(out)
     seconds = (time.perf_counter() - t0) / (dispatches * self.steps_per_dispatch)
-    return seconds, cache.nbytes
+    return seconds, cache.nbytes + store.nbytes
 
   # ------------------------------------------------------------------------ generate
 
@@ -479,6 +549,7 @@ class Sampler:
     prompts = self._check_prompts(prompts, sampling.max_new_tokens)
     spec = filters.FilterSpec.of(sampling.temperature, sampling.top_k, sampling.top_p,
                                  self.config.vocab_size)
+    params = self.serving_params(params)
     return sched.Run(self, params, prompts, prompt_keys, num_samples, sampling, spec, seed,
                      progress, on_prompt_done, sample_offsets).run()
 

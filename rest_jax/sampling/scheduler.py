@@ -55,7 +55,11 @@ class _Slot:
 
 class Run:
   """One `Sampler.generate` call (`sampler` is that Sampler; the scheduler does not import it,
-  so the dependency runs one way)."""
+  so the dependency runs one way).
+
+  Slots come in `rows` groups of `g`; group r decodes the prompt in row r of the prompt store.
+  A free slot takes its group's prompt's next sample; a group whose prompt has no sample left
+  to start, and none decoding, takes the next prompt (prefilled into its row)."""
 
   def __init__(self, sampler, params, prompts, prompt_keys, num_samples, sampling,
                spec, seed, progress, on_prompt_done, sample_offsets=None):
@@ -66,16 +70,14 @@ class Run:
     self.seed = np.uint32(int(seed) % (1 << 32))
     self.progress = progress
     s = sampler
-    longest = max(len(p) for p in prompts)
-    need = longest + sampling.max_new_tokens
-    self.cache_len = min(bucket(need, s.cache_buckets + (s.max_cache_len,)), s.max_cache_len)
-    if self.cache_len < need:
-      self.cache_len = need
-    self.prompt_len = lambda n: min(bucket(n, s.prompt_buckets + (self.cache_len,)),
-                                    self.cache_len)
+    # A slot's cache holds its completion: the tokens fed back, at most max_new_tokens - 1.
+    need = sampling.max_new_tokens
+    self.cache_len = max(need, min(bucket(need, s.cache_buckets + (need,)), s.max_cache_len))
+    self.prompt_len = lambda n: max(n, min(bucket(n, s.prompt_buckets + (n,)),
+                                           s.max_cache_len - need))
     self.store_len = max(self.prompt_len(len(p)) for p in prompts)
-    slots = s.num_slots
-    self.store_rows = max(1, min(slots, -(-slots // num_samples) + 1, len(prompts)))
+    self.rows, self.g = s.groups(num_samples, len(prompts))
+    self.slots = self.rows * self.g
     self.stop_ids = np.full((MAX_STOP_IDS,), -1, np.int32)
     self.stop_ids[:len(s.stop_ids)] = s.stop_ids
     self.stop_set = set(s.stop_ids)
@@ -86,35 +88,28 @@ class Run:
     q = self.s.window_quantum
     if not q:
       return None
-    top = max(len(self.prompts[sl.prompt]) + len(sl.tokens) for sl in slots if sl is not None)
+    top = max(len(sl.tokens) for sl in slots if sl is not None)
     w = -(-(top + self.s.steps_per_dispatch) // q) * q
     return None if w >= self.cache_len else w
 
   def run(self) -> list[list[Completion]]:
     s, cfg = self.s, self.s.config
-    S, K = s.num_slots, self.k
+    S, K, g = self.slots, self.k, self.g
     t_start = time.perf_counter()
     compiles_before = len(s.compilations)
-    cache_shape = DecodeCache.shape(cfg, S, self.cache_len)
-    store_shape = DecodeCache.shape(cfg, self.store_rows, self.store_len)
-    cache = s._zeros(f"zeros_cache{cache_shape}",
-                     lambda: DecodeCache.zeros(cfg, S, self.cache_len, s.cache_dtype),
-                     s._cache_sharding(cache_shape))
-    store = s._zeros(f"zeros_store{store_shape}",
-                     lambda: DecodeCache.zeros(cfg, self.store_rows, self.store_len, s.cache_dtype),
-                     s._cache_sharding(store_shape))
-    logits_shape = (self.store_rows, cfg.vocab_size)
+    cache = s.zeros_cache(S, self.cache_len)
+    store = s.zeros_cache(self.rows, self.store_len)
+    logits_shape = (self.rows, cfg.vocab_size)
     store_logits = s._zeros(f"zeros_logits{logits_shape}",
                             lambda: jnp.zeros(logits_shape, jnp.float32),
                             s._sharding(("batch", "vocab"), logits_shape))
-    state = s._empty_state()
+    state = s._empty_state(S)
     self.kv_bytes = cache.nbytes + store.nbytes
 
-    pending = collections.deque((p, j) for p in range(len(self.prompts)) for j in range(K))
     slots: list[_Slot | None] = [None] * S
-    row_of: dict[int, int] = {}
-    inserted = collections.Counter()
-    free_rows = list(range(self.store_rows))
+    row_prompt: list[int | None] = [None] * self.rows   # the prompt each group decodes
+    started = [0] * len(self.prompts)                   # samples of each prompt started
+    next_prompt = 0
     self.results = [[None] * K for _ in self.prompts]
     self.finished = [0] * len(self.prompts)
     self.new_tokens = 0
@@ -124,28 +119,35 @@ class Run:
                     disable=not self.progress, leave=False, dynamic_ncols=True)
     try:
       while True:
+        # Groups with nothing left of their prompt take the next prompts.
+        new = {}   # prompt -> its row
+        for r in range(self.rows):
+          p = row_prompt[r]
+          idle = all(sl is None for sl in slots[r * g:(r + 1) * g])
+          if idle and (p is None or started[p] == K):
+            row_prompt[r] = None
+            if next_prompt < len(self.prompts):
+              row_prompt[r] = next_prompt
+              new[next_prompt] = r
+              next_prompt += 1
+        store, store_logits = self._prefill_prompts(new, store, store_logits)
+        assigned = []   # (slot, (prompt, sample)) started this round
+        for r, p in enumerate(row_prompt):
+          for slot in range(r * g, (r + 1) * g):
+            if p is not None and slots[slot] is None and started[p] < K:
+              assigned.append((slot, (p, started[p])))
+              started[p] += 1
         inserted_now = None   # (slot assignments, their first tokens) of this round
-        free = [i for i in range(S) if slots[i] is None]
-        if free and pending:
-          batch = [pending.popleft() for _ in range(min(len(free), len(pending)))]
-          new = list(dict.fromkeys(p for p, _ in batch if p not in row_of))
-          for p in new:
-            row_of[p] = free_rows.pop()
-          store, store_logits = self._prefill_prompts(new, row_of, store, store_logits)
-          assigned = list(zip(free, batch))
-          cache, state, firsts = self._insert_pairs(assigned, row_of, cache, state, store,
-                                                    store_logits)
+        if assigned:
+          state, firsts = self._insert_pairs(assigned, row_prompt, state, store_logits)
           for slot, (p, j) in assigned:
             slots[slot] = _Slot(p, j, [], [])
-            inserted[p] += 1
-            if inserted[p] == K:   # its last sample is in: the prompt's store row is free
-              free_rows.append(row_of.pop(p))
           inserted_now = (assigned, firsts)
         if inserted_now is None and all(sl is None for sl in slots):
           break
         window = self._window(slots) if any(slots) else None
-        cache, state, toks, logps, valid = s._decode(self.params, cache, state, self.dyn,
-                                                     self.spec, window)
+        cache, state, toks, logps, valid = s._decode(self.params, store, cache, state,
+                                                     self.dyn, self.spec, window)
         dispatches += 1
         # The first tokens (drawn at insertion) come before this dispatch's tokens.
         if inserted_now is not None:
@@ -168,14 +170,16 @@ class Run:
     s.stats = {"seconds": elapsed, "new_tokens": self.new_tokens,
                "tokens_per_s": self.new_tokens / max(elapsed, 1e-9), "dispatches": dispatches,
                "cache_len": self.cache_len, "store_len": self.store_len,
-               "store_rows": self.store_rows, "kv_cache_bytes": self.kv_bytes,
+               "store_rows": self.rows, "group_size": g, "slots": S,
+               "kv_cache_bytes": self.kv_bytes,
                "compilations": len(s.compilations) - compiles_before}
     return self.results
 
-  def _prefill_prompts(self, new, row_of, store, store_logits):
+  def _prefill_prompts(self, row_of: dict, store, store_logits):
+    """Prefills prompts (index -> store row), batched by length bucket."""
     s = self.s
     by_len = collections.defaultdict(list)
-    for p in new:
+    for p in row_of:
       by_len[self.prompt_len(len(self.prompts[p]))].append(p)
     for t, group in sorted(by_len.items()):
       for i in range(0, len(group), s.max_prefill_batch):
@@ -183,7 +187,7 @@ class Run:
         n = pow2(len(chunk))
         tokens = np.full((n, t), s.tokenizer.pad_id, np.int32)
         lengths = np.ones((n,), np.int32)
-        rows = np.full((n,), self.store_rows, np.int32)   # out of range: dropped
+        rows = np.full((n,), self.rows, np.int32)   # out of range: dropped
         for r, p in enumerate(chunk):
           ids = self.prompts[p]
           tokens[r, :len(ids)] = ids
@@ -192,20 +196,20 @@ class Run:
         store, store_logits = s._prefill(self.params, store, store_logits, tokens, lengths, rows)
     return store, store_logits
 
-  def _insert_pairs(self, assigned, row_of, cache, state, store, store_logits):
+  def _insert_pairs(self, assigned, row_prompt, state, store_logits):
     s = self.s
-    n = min(pow2(len(assigned)), pow2(s.num_slots))
-    slots = np.full((n,), s.num_slots, np.int32)   # out of range: dropped
+    n = min(pow2(len(assigned)), pow2(self.slots))
+    slots = np.full((n,), self.slots, np.int32)   # out of range: dropped
     rows = np.zeros((n,), np.int32)
     pkeys = np.zeros((n,), np.uint32)
     samples = np.zeros((n,), np.uint32)
     lengths = np.zeros((n,), np.int32)
     for i, (slot, (p, j)) in enumerate(assigned):
-      slots[i], rows[i], pkeys[i], samples[i] = slot, row_of[p], self.pkeys[p], self.offsets[p] + j
+      slots[i], rows[i], pkeys[i], samples[i] = slot, slot // self.g, self.pkeys[p], self.offsets[p] + j
       lengths[i] = len(self.prompts[p])
-    cache, state, tok, logp = s._insert(cache, state, store, store_logits, slots, rows, pkeys,
-                                        samples, lengths, self.seed, self.dyn, self.spec)
-    return cache, state, (tok, logp)
+    state, tok, logp = s._insert(state, store_logits, slots, rows, pkeys, samples, lengths,
+                                 self.seed, self.dyn, self.spec)
+    return state, (tok, logp)
 
   def _append(self, slots, slot, toks, logps):
     sl = slots[slot]
