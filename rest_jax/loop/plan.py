@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rest_jax.loop import hlo_collectives
 from rest_jax.loop.rest_em import LoopConfig
 from rest_jax.models import loading
 from rest_jax.models import params as params_lib
@@ -187,43 +188,73 @@ def plan_train(cfg, graphdef, params, mesh, slice_, *, batch, seq, accum, steps=
   return prog
 
 
+def _decode_estimate(prog: Program, exe, cfg, layout: dict, steps: int, chips: int, chip):
+  """Per-step figures of a compiled decode program: it reads its arguments (the weights in
+  the serving layout, each live prompt's row once, the completion caches) and moves the
+  collective bytes its HLO holds (loop bodies times their trip counts)."""
+  slots, prompt, new = layout["slots"], layout["store_len"], layout["cache_len"]
+  n_matmul = cfg.num_params() - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.embed_dim)
+  attention = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * slots * (prompt + new)
+  flops = (2 * n_matmul * slots + attention) / chips
+  hbm = float(exe.memory_analysis().argument_size_in_bytes)
+  coll = hlo_collectives.traffic_by_kind(exe.as_text(), chips)
+  coll_step = sum(coll.values()) / steps
+  t = max(flops / chip.peak_flops, hbm / chip.hbm_bandwidth) + coll_step / chip.ici_bandwidth
+  prog.flops, prog.hbm_bytes, prog.collective_bytes = flops * steps, hbm * steps, coll_step * steps
+  prog.estimate = {"step_s": t, "tokens_per_s_per_chip": slots / t / chips,
+                   "hbm_bytes_per_step": hbm, "collective_bytes_per_step": coll_step,
+                   "collective_bytes_by_kind": {k: v / steps for k, v in coll.items()},
+                   **layout}
+
+
 def plan_sampler(cfg, graphdef, params, mesh, slice_, tokenizer, *, slots, prompt_len,
                  max_new_tokens, num_samples, cache_dtype, placement: str = ""):
+  """The sampler's programs for Generate (K = `num_samples`) and, when its layout differs, the
+  decode of the greedy evaluation (K = 1: one slot per prompt, the most prompt rows)."""
   chip = slice_.chip
   sampler = Sampler(graphdef, cfg, tokenizer, mesh, num_slots=slots, cache_dtype=cache_dtype)
-  sampling = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
-  out = []
-  try:
-    with jax.default_matmul_precision("default"):
-      compiled = sampler.plan(params, prompt_len=prompt_len, num_samples=num_samples,
-                              sampling=sampling)
-  except Exception as e:  # pylint: disable=broad-except
-    if "limited ICI routing" in str(e):
-      # Seen on multi-host v5e slices: a program must span every chip of the slice, so the
-      # loop's per-host sampling (each host on its own chips) cannot compile there.
-      return [Program("sampler", False, float("nan"), chip.usable_hbm,
-                      error=_PER_HOST_SAMPLING, placement=placement)]
-    if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
-      raise
-    return [Program("sampler", False, _oom_bytes(str(e)), chip.usable_hbm,
-                    error=str(e).splitlines()[0][:300], placement=placement)]
   chips = mesh.devices.size
-  param_bytes = _bytes_of(params) / chips
-  for name, exe in compiled.items():
-    mem = exe.memory_analysis()
-    need = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-            + mem.temp_size_in_bytes)
-    prog = Program(name, need <= chip.usable_hbm, float(need), chip.usable_hbm,
-                   argument_bytes=mem.argument_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
-                   collectives=_collective_counts(exe), placement=placement)
-    if name == "decode":
-      cache_bytes = mem.argument_size_in_bytes - param_bytes
-      steps = sampler.steps_per_dispatch
-      prog.flops = steps * 2 * cfg.num_params() * slots / chips
-      prog.hbm_bytes = steps * (param_bytes + cache_bytes)
-      t = max(prog.flops / chip.peak_flops, prog.hbm_bytes / chip.hbm_bandwidth)
-      prog.estimate = {"step_s": t / steps, "tokens_per_s_per_chip": slots * steps / t / chips}
-    out.append(prog)
+  out = []
+  layouts = [("", num_samples)]
+  if sampler.groups(1) != sampler.groups(num_samples):
+    layouts.append(("_greedy", 1))
+  for suffix, k in layouts:
+    sampling = SamplingParams(temperature=1.0 if k > 1 else 0.0, max_new_tokens=max_new_tokens)
+    try:
+      with jax.default_matmul_precision("default"):
+        compiled = sampler.plan(params, prompt_len=prompt_len, num_samples=k,
+                                sampling=sampling)
+    except Exception as e:  # pylint: disable=broad-except
+      if "limited ICI routing" in str(e):
+        # Seen on multi-host v5e slices: a program must span every chip of the slice, so the
+        # loop's per-host sampling (each host on its own chips) cannot compile there.
+        return [Program("sampler", False, float("nan"), chip.usable_hbm,
+                        error=_PER_HOST_SAMPLING, placement=placement)]
+      if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
+        raise
+      out.append(Program("sampler" + suffix, False, _oom_bytes(str(e)), chip.usable_hbm,
+                         error=str(e).splitlines()[0][:300], placement=placement))
+      continue
+    layout = dict(sampler.stats, tensor_parallel=sampler.mesh.shape["tensor"])
+    for name, exe in compiled.items():
+      if suffix and name != "decode":
+        continue     # the greedy layout's other programs are smaller than Generate's
+      mem = exe.memory_analysis()
+      need = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+              + mem.temp_size_in_bytes)
+      prog = Program(name + suffix, need <= chip.usable_hbm, float(need), chip.usable_hbm,
+                     argument_bytes=mem.argument_size_in_bytes,
+                     temp_bytes=mem.temp_size_in_bytes, collectives=_collective_counts(exe),
+                     placement=placement)
+      if name == "decode":
+        _decode_estimate(prog, exe, cfg, layout, sampler.steps_per_dispatch, chips, chip)
+      elif name == "serving_layout":
+        coll = sum(hlo_collectives.traffic_by_kind(exe.as_text(), chips).values())
+        prog.collective_bytes = coll
+        prog.estimate = {"seconds": coll / chip.ici_bandwidth
+                         + mem.argument_size_in_bytes / chip.hbm_bandwidth,
+                         "tensor_parallel": layout["tensor_parallel"]}
+      out.append(prog)
   return out
 
 
@@ -325,12 +356,95 @@ def _fits_elsewhere(topology: str, num_slices: int, only: set) -> bool:
     return False
 
 
+def _with_bindings(bindings: dict, fn):
+  """`fn()` with gin `bindings` in force, the previous values put back after."""
+  import gin
+  before = {}
+  for k in bindings:
+    try:
+      before[k] = gin.query_parameter(k)
+    except ValueError:
+      before[k] = None
+  with gin.unlock_config():
+    for k, v in bindings.items():
+      gin.bind_parameter(k, v)
+  try:
+    return fn()
+  finally:
+    with gin.unlock_config():
+      for k, v in before.items():
+        gin.bind_parameter(k, v)
+
+
+def largest_sampler_setting(topology: str, num_slices: int, plan: Plan) -> str | None:
+  """The largest `LoopConfig.sampler_slots` (Generate does not fit) or `Sampler.prompt_rows`
+  (only the greedy evaluation's layout does not fit) that fits, or None. Memory grows
+  linearly in either, so two compiled sizes give the line; the value it points to is then
+  compiled to confirm (stepping down while it does not fit)."""
+  sampler_failing = [p for p in plan.failing if _family_of(p.name) == "sampler"]
+  if not sampler_failing or len(sampler_failing) != len(plan.failing):
+    return None
+  loop = LoopConfig(workdir="plan")
+  greedy_only = all(p.name.endswith("_greedy") for p in sampler_failing)
+  group = gin_group_size()
+  if greedy_only:
+    key, unit, start = "Sampler.prompt_rows", 1, _bound_prompt_rows() or loop.sampler_slots
+  else:
+    key, unit = "LoopConfig.sampler_slots", min(group, loop.num_samples)
+    start = loop.sampler_slots
+  usable = plan.slice.chip.usable_hbm
+
+  def need(value):
+    alt = _with_bindings({key: value}, lambda: plan_run(topology, num_slices, only={"sampler"}))
+    sized = [p.per_chip_bytes for p in alt.programs if p.per_chip_bytes == p.per_chip_bytes]
+    return alt.fits, max(sized) if sized else float("nan")
+
+  hi, need_hi = start, max(p.per_chip_bytes for p in sampler_failing)   # NaN when unsized
+  lo = (start // 2) // unit * unit
+  while True:
+    if lo < unit:
+      return None
+    fits_lo, need_lo = need(lo)
+    if fits_lo:
+      break
+    hi, need_hi, lo = lo, need_lo, (lo // 2) // unit * unit
+  # `lo` fits and `hi` does not: follow the line between them, then confirm.
+  best = lo
+  if need_hi == need_hi and need_hi > need_lo:
+    slope = (need_hi - need_lo) / (hi - lo)
+    best = max(lo, min(hi - unit, lo + int((0.98 * usable - need_lo) / slope) // unit * unit))
+  while best > lo and not need(best)[0]:
+    best = max(lo, best - unit * max(1, (best - lo) // (4 * unit)))
+  return f"{key}={best}"
+
+
+def gin_group_size() -> int:
+  import inspect
+  import gin
+  try:
+    return int(gin.query_parameter("Sampler.group_size"))
+  except ValueError:
+    return inspect.signature(Sampler.__init__).parameters["group_size"].default
+
+
+def _bound_prompt_rows() -> int | None:
+  import gin
+  try:
+    return gin.query_parameter("Sampler.prompt_rows")
+  except ValueError:
+    return None
+
+
 def suggest(topology: str, num_slices: int, plan: Plan) -> str | None:
   """A change that makes every failing program fit, found by compiling alternatives (the
   cheapest first): micro-batches, fewer sampler slots, bfloat16 parameters, then larger
   slices of the same generation. Its description, or None."""
   import gin
   failing = {_family_of(p.name) for p in plan.failing}
+  if failing == {"sampler"}:
+    found = largest_sampler_setting(topology, num_slices, plan)
+    if found:
+      return found
   loop = LoopConfig(workdir="plan")
   icfg = improve.ImproveConfig()
   chips = plan.slice.chips * plan.slice.num_slices
@@ -398,13 +512,18 @@ def table(plan: Plan) -> str:
     if p.fits and p.name == "train_step" and p.estimate:
       est = (f"{p.estimate['step_s'] * 1e3:.0f} ms/step, MFU {p.estimate['mfu']:.0%}, "
              f"{p.estimate['tokens_per_s_per_chip']:,.0f} tok/s/chip")
-    elif p.fits and p.name == "decode" and p.estimate:
-      est = f"{p.estimate['tokens_per_s_per_chip']:,.0f} new tok/s/chip"
+    elif p.fits and p.name.startswith("decode") and p.estimate:
+      e = p.estimate
+      est = (f"{e['tokens_per_s_per_chip']:,.0f} new tok/s/chip, {e['slots']} slots "
+             f"({e['store_rows']}x{e['group_size']}), ICI {e['collective_bytes_per_step'] / 2**20:,.0f} MiB/step")
+    elif p.fits and p.name == "serving_layout" and p.estimate:
+      est = (f"once per policy: tensor={p.estimate['tensor_parallel']}, "
+             f"{p.collective_bytes / GiB:.2f} GiB over ICI")
     coll = ", ".join(f"{k} {v}" for k, v in p.collectives.items()) or "-"
     lines.append(f"{p.label:<16} {'yes' if p.fits else 'NO':<5} "
                  f"{p.per_chip_bytes / GiB:>8.2f}G "
                  f"{p.per_chip_bytes / p.usable_bytes:>8.0%} {p.temp_bytes / GiB:>8.2f}G  "
-                 f"{est:<47} {coll}")
+                 f"{est:<70} {coll}")
   return "\n".join(lines)
 
 

@@ -421,6 +421,8 @@ class Sampler:
                     list(range(num_prompts or self.num_slots)), num_samples, sampling, spec, 0,
                     False, None)
     cfg, slots = self.config, run.slots
+    self.stats = {"slots": slots, "store_rows": run.rows, "group_size": run.g,
+                  "store_len": run.store_len, "cache_len": run.cache_len}
     b = self.max_prefill_batch
     i32 = lambda *shape: np.zeros(shape, np.int32)
     state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
