@@ -21,13 +21,17 @@ def _plan(capsys, *flags):
   return code, out
 
 
+# Generate's programs, and the greedy evaluation's decode (one slot per prompt: its own layout).
+PROGRAMS = {"train_step", "serving_layout", "prefill", "insert", "decode", "decode_greedy"}
+
+
 def test_demo_fits_on_v5e_8_and_reports_every_program(capsys):
   code, out = _plan(capsys, "--topology=v5e-8")
   assert code == 0, out.err
   plan = json.loads(out.out)
   assert plan["fits"] and plan["chips"] == 8 and plan["topology_name"] == "v5e:2x4"
   progs = {p["name"]: p for p in plan["programs"]}
-  assert set(progs) == {"train_step", "prefill", "insert", "decode"}
+  assert set(progs) == PROGRAMS
   for p in progs.values():
     assert 0 < p["per_chip_bytes"] < p["usable_bytes"] == pytest.approx(15.75 * 2**30)
   train = progs["train_step"]
@@ -44,7 +48,7 @@ def test_smollm2_arithmetic_fits_on_v5e_8(capsys):
   assert code == 0, out.err[-2000:]
   plan = json.loads(out.out)
   assert plan["fits"] and plan["model"] == "smollm2-135m"
-  assert {p["name"] for p in plan["programs"]} == {"train_step", "prefill", "insert", "decode"}
+  assert {p["name"] for p in plan["programs"]} == PROGRAMS
   assert all(0 < p["per_chip_bytes"] < p["usable_bytes"] for p in plan["programs"])
 
 
