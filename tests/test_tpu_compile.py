@@ -56,3 +56,41 @@ def test_splash_attention_in_the_tpu_train_step_and_the_memory_it_saves():
   temp_xla = xla.memory_analysis().temp_size_in_bytes
   temp_splash = auto.memory_analysis().temp_size_in_bytes
   assert temp_splash < 0.5 * temp_xla, (temp_splash, temp_xla)
+
+
+def test_decode_on_v5e_8_gathers_no_weight_and_holds_one_copy_of_its_caches():
+  """Generate's decode of a Llama-3-8B-wide model (2 of its layers) on v5e-8: 512 slots in
+  groups of 16 over 2,048-token prompts and 512-token completions, in the serving layout.
+
+  Every weight matrix has an `embed` dimension; the decode's legitimate gathers (logits split
+  over the vocabulary, per-slot scalars) have none, so an all-gather with one is a weight moving.
+  The temporaries stay under a quarter of the program's per-chip memory: no second copy of the
+  completion cache or the prompt store."""
+  from rest_jax.loop import hlo_collectives
+  from rest_jax.models import PRESETS
+  from rest_jax.sampling.sampler import Sampler, SamplingParams
+  from rest_jax.tokenizers import ByteTokenizer
+  cfg = PRESETS["llama3-8b"].replace(num_layers=2, dtype="bfloat16")
+  mesh = mesh_lib.create_mesh((1, -1, 1), devices=tpu_slices.parse("v5e-8").devices())
+  graphdef, abstract = params_lib.abstract_params(cfg)
+  params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, params_lib.shardings(mesh, abstract))
+  sampler = Sampler(graphdef, cfg, ByteTokenizer(vocab_size=cfg.vocab_size), mesh,
+                    num_slots=512, cache_dtype="bfloat16")
+  assert dict(sampler.mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 8}
+  with jax.default_matmul_precision("default"):
+    compiled = sampler.plan(params, prompt_len=2048, num_samples=32,
+                            sampling=SamplingParams(temperature=0.7, top_k=40,
+                                                    max_new_tokens=512))
+  assert sampler.stats["slots"] == 512 and sampler.stats["group_size"] == 16
+  decode = compiled["decode"]
+  mem = decode.memory_analysis()
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+           + mem.temp_size_in_bytes)
+  assert mem.temp_size_in_bytes <= 0.25 * total, (mem.temp_size_in_bytes, total)
+  found, unknown = hlo_collectives.collectives(decode.as_text(), 8)
+  assert not unknown and found
+  gathers = [c for c in found if c.kind == "all-gather"]
+  assert not [c for c in gathers if cfg.embed_dim in c.shape], gathers
+  # The training layout's move to the serving layout happens once, outside decode.
+  assert "serving_layout" in compiled

@@ -464,14 +464,17 @@ class Sampler:
                        lambda: DecodeCache.zeros(self.config, rows, length, self.cache_dtype),
                        self._cache_sharding(shape))
 
-  def time_decode(self, params, *, prompt_len: int, new_tokens: int, num_samples: int,
-                  position: int | None = None, dispatches: int = 10,
+  def time_decode(self, params, *, cache_len: int, position: int, num_samples: int = 1,
+                  prompt_len: int | None = None, dispatches: int = 10,
                   sampling: SamplingParams | None = None) -> tuple[float, int]:
-    """(seconds per decode step, KV bytes of store and completion cache) with every slot
-    decoding, `position` tokens into its completion (default: half of `new_tokens`), its
-    group's prompt `prompt_len` long. A benchmark helper: decode only, no host work between
-    dispatches.
+    """(seconds per decode step, KV bytes of the prompt store and the completion cache) with
+    every slot decoding at `position` of a sequence of up to `cache_len`: prompts of
+    `prompt_len` (default half of `cache_len`) in the store, shared by groups of
+    min(group_size, `num_samples`) slots, completions in the rest. A benchmark helper: decode
+    only, no host work between dispatches.
     """
+    prompt_len = cache_len // 2 if prompt_len is None else prompt_len
+    new_tokens = cache_len - prompt_len
     sampling = sampling or SamplingParams(max_new_tokens=new_tokens)
     params = self.serving_params(params)
     spec = filters.FilterSpec.of(sampling.temperature, sampling.top_k, sampling.top_p,
@@ -482,8 +485,7 @@ class Sampler:
     cache = self.zeros_cache(slots, new_tokens)
     dyn = (np.float32(max(sampling.temperature, 1e-6)), np.float32(sampling.top_p),
            np.full((MAX_STOP_IDS,), -1, np.int32), np.int32(1 << 30))
-    step = max(1, min(new_tokens // 2 if position is None else position,
-                      new_tokens - self.steps_per_dispatch))
+    step = max(1, min(position - prompt_len + 1, new_tokens - self.steps_per_dispatch))
 
     def fresh_state():
       z = np.zeros((slots,), np.int32)
