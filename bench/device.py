@@ -1,12 +1,13 @@
 """The accelerator benchmark: train MFU, batch-1 decode against the HBM roofline, sampler and
-Generate throughput, in bf16 (float32 master weights). Run by bench/device.sh on a GPU machine;
+Generate throughput, shared-prefix decoding, in bf16 (float32 master weights). Run by bench/device.sh on a GPU machine;
 `--dry_run` runs every section on the CPU at toy sizes, to check the script itself.
 
 Prints one JSON object per figure and, at the end, the BENCHMARKS.md rows (also written to
 `--out`). Weights are randomly initialised from the presets: speed does not depend on their
 values (samples then run to max_new_tokens, which is what a throughput figure wants).
 
-  python bench/device.py [--dry_run] [--out FILE] [--sections train,decode,sampler,generate]
+  python bench/device.py [--dry_run] [--out FILE]
+                         [--sections train,decode,sampler,shared_prefix,generate]
 """
 
 from __future__ import annotations
@@ -147,6 +148,29 @@ def bench_sampler(preset, slots, prompts, new_tokens, log):
               "new_tokens": tokens, "seconds": dt, "tokens_per_s": tokens / dt})
 
 
+def bench_shared_prefix(preset, prompts, k, prompt_len, new_tokens, slots, log):
+  """K samples of long prompts: slots in groups of 16 sharing their prompt's row (one read
+  per group per step) against groups of 1 (each slot reads its own row), in one run."""
+  mesh, cfg, graphdef, params = _sampler_model(preset)
+  rng = np.random.default_rng(0)
+  ids = [list(rng.integers(32, 127, prompt_len)) for _ in range(prompts)]
+  sampling = SamplingParams(temperature=0.7, top_k=40, max_new_tokens=new_tokens)
+  rates = {}
+  for group in (16, 1):
+    sampler = Sampler(graphdef, cfg, _NoStop(cfg.vocab_size), mesh, num_slots=slots,
+                      group_size=group, steps_per_dispatch=16, cache_dtype="bfloat16")
+    served = sampler.serving_params(params)
+    sampler.generate(served, ids, num_samples=k, sampling=sampling, seed=1)   # compile
+    t0 = time.perf_counter()
+    out = sampler.generate(served, ids, num_samples=k, sampling=sampling, seed=0)
+    dt = time.perf_counter() - t0
+    rates[group] = sum(len(c.tokens) for row in out for c in row) / dt
+  return log({"figure": "shared_prefix", "preset": preset, "slots": slots, "prompts": prompts,
+              "k": k, "prompt_len": prompt_len, "new_tokens": new_tokens,
+              "tokens_per_s": rates[16], "tokens_per_s_unshared": rates[1],
+              "ratio": rates[16] / rates[1]})
+
+
 def bench_generate(preset, slots, problems, k, new_tokens, workdir, log):
   """The loop's Generate + Verify phase (loop/generate.py) on arithmetic problems."""
   from rest_jax.loop import generate
@@ -189,6 +213,12 @@ def rows_md(results, device, date) -> str:
     elif r["figure"] == "sampler":
       lines.append(f"| sampler | {r['preset']}, {r['slots']} slots, {r['prompts']} prompts | "
                    f"{r['tokens_per_s']:,.0f} new tokens/s |")
+    elif r["figure"] == "shared_prefix":
+      lines.append(f"| shared prefix | {r['preset']}, {r['slots']} slots, {r['prompts']} "
+                   f"prompts of {r['prompt_len']} tokens x K={r['k']}, {r['new_tokens']} new | "
+                   f"{r['tokens_per_s']:,.0f} new tokens/s in groups of 16, "
+                   f"{r['tokens_per_s_unshared']:,.0f} one slot per prompt row "
+                   f"({r['ratio']:.2f}x) |")
     else:
       lines.append(f"| loop Generate | {r['preset']}, {r['slots']} slots, K={r['k']}, "
                    f"{r['prompts']} prompts | {r['tokens_per_s']:,.0f} new tokens/s |")
@@ -198,7 +228,7 @@ def rows_md(results, device, date) -> str:
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--dry_run", action="store_true", help="toy sizes (CPU): checks the script")
-  ap.add_argument("--sections", default="train,decode,sampler,generate")
+  ap.add_argument("--sections", default="train,decode,sampler,shared_prefix,generate")
   ap.add_argument("--out", default=None, help="write the BENCHMARKS.md rows here too")
   ap.add_argument("--workdir", default="/tmp/rest_jax_device_bench")
   args = ap.parse_args(argv)
@@ -224,6 +254,9 @@ def main(argv=None) -> int:
     for slots in ((4, 8) if dry else (64, 256)):
       bench_sampler("tiny" if dry else "smollm2-135m", slots, 2 * slots, 16 if dry else 256,
                     log)
+  if "shared_prefix" in sections:
+    bench_shared_prefix("tiny" if dry else "smollm2-135m", 2 if dry else 16, 4 if dry else 16,
+                        24 if dry else 1024, 8 if dry else 256, 8 if dry else 256, log)
   if "generate" in sections:
     bench_generate("tiny" if dry else "smollm2-135m", 8 if dry else 256, 4 if dry else 256,
                    2 if dry else 8, 8 if dry else 256, f"{args.workdir}/{stamp}", log)

@@ -13,6 +13,6 @@ def test_device_benchmark_dry_run(tmp_path):
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   rows = (tmp_path / "device_results.md").read_text()
-  for figure in ("train step", "decode, batch 1", "sampler", "loop Generate"):
+  for figure in ("train step", "decode, batch 1", "sampler", "shared prefix", "loop Generate"):
     assert f"| {figure} |" in rows, rows
   assert "tokens/s" in rows and "error" not in rows

@@ -11,6 +11,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
 from rest_jax.runtime import tpu_slices  # noqa: E402
 
 from rest_jax.models import params as params_lib  # noqa: E402
@@ -58,9 +59,11 @@ def test_splash_attention_in_the_tpu_train_step_and_the_memory_it_saves():
   assert temp_splash < 0.5 * temp_xla, (temp_splash, temp_xla)
 
 
-def test_decode_on_v5e_8_gathers_no_weight_and_holds_one_copy_of_its_caches():
-  """Generate's decode of a Llama-3-8B-wide model (2 of its layers) on v5e-8: 512 slots in
-  groups of 16 over 2,048-token prompts and 512-token completions, in the serving layout.
+@pytest.mark.parametrize("topology,kv_heads_per_chip", [("v5e-8", 1), ("v5e-4", 2)])
+def test_decode_gathers_no_weight_and_holds_one_copy_of_its_caches(topology, kv_heads_per_chip):
+  """Generate's decode of a Llama-3-8B-wide model (2 of its layers) on v5e-8 and v5e-4: 512
+  slots in groups of 16 over 2,048-token prompts and 512-token completions, in the serving
+  layout (8 KV heads over 8 or 4 chips).
 
   Every weight matrix has an `embed` dimension; the decode's legitimate gathers (logits split
   over the vocabulary, per-slot scalars) have none, so an all-gather with one is a weight moving.
@@ -71,13 +74,15 @@ def test_decode_on_v5e_8_gathers_no_weight_and_holds_one_copy_of_its_caches():
   from rest_jax.sampling.sampler import Sampler, SamplingParams
   from rest_jax.tokenizers import ByteTokenizer
   cfg = PRESETS["llama3-8b"].replace(num_layers=2, dtype="bfloat16")
-  mesh = mesh_lib.create_mesh((1, -1, 1), devices=tpu_slices.parse("v5e-8").devices())
+  mesh = mesh_lib.create_mesh((1, -1, 1), devices=tpu_slices.parse(topology).devices())
   graphdef, abstract = params_lib.abstract_params(cfg)
   params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, params_lib.shardings(mesh, abstract))
   sampler = Sampler(graphdef, cfg, ByteTokenizer(vocab_size=cfg.vocab_size), mesh,
                     num_slots=512, cache_dtype="bfloat16")
-  assert dict(sampler.mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 8}
+  chips = mesh.devices.size
+  assert dict(sampler.mesh.shape) == {"data": 1, "fsdp": 1, "tensor": chips}
+  assert cfg.num_kv_heads // chips == kv_heads_per_chip
   with jax.default_matmul_precision("default"):
     compiled = sampler.plan(params, prompt_len=2048, num_samples=32,
                             sampling=SamplingParams(temperature=0.7, top_k=40,
@@ -88,7 +93,7 @@ def test_decode_on_v5e_8_gathers_no_weight_and_holds_one_copy_of_its_caches():
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
            + mem.temp_size_in_bytes)
   assert mem.temp_size_in_bytes <= 0.25 * total, (mem.temp_size_in_bytes, total)
-  found, unknown = hlo_collectives.collectives(decode.as_text(), 8)
+  found, unknown = hlo_collectives.collectives(decode.as_text(), chips)
   assert not unknown and found
   gathers = [c for c in found if c.kind == "all-gather"]
   assert not [c for c in gathers if cfg.embed_dim in c.shape], gathers

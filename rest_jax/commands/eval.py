@@ -251,8 +251,9 @@ def _evaluate_role(plan: _Plan, role: str, out_dir, mesh, pool) -> dict:
   sample_mesh = sample_placement.sampling_mesh(mesh, placement)
   sampler = Sampler(loaded.graphdef, loaded.config, loaded.tokenizer, sample_mesh,
                     num_slots=plan.sampler_slots)
-  params = sample_placement.to_sampling_mesh(loaded.params, mesh, sample_mesh,
-                                             params_lib.shardings)
+  # Into the sampler's serving layout once: every split's generate calls then reuse it.
+  params = sampler.serving_params(sample_placement.to_sampling_mesh(
+      loaded.params, mesh, sample_mesh, params_lib.shardings))
   result = evaluate_model.evaluate_split(
       problems, role_dir, plan.split, settings=plan.settings, sampler=sampler, params=params,
       tokenizer=loaded.tokenizer, pool=pool, desc=f"eval/{role}")

@@ -280,11 +280,14 @@ def decode_step(graphdef, params, store: DecodeCache, cache: DecodeCache, tokens
 def write_step(cache: DecodeCache, k_LxSxKxH, v_LxSxKxH, steps_S) -> DecodeCache:
   """Writes each slot's new key and value at completion entry `steps_S - 1` (clamped: a
   finished slot's write lands in its own row, which it no longer reads)."""
-  n_layers, slots = k_LxSxKxH.shape[:2]
-  # One (layer, slot, entry) index per [Kv, H] window: the scatter then updates the cache in
-  # the layout the layer scan reads it in (a [Kv, H]-only window), with no layout copy.
-  layer = jnp.arange(n_layers)[:, None]
-  slot = jnp.arange(slots)[None, :]
-  entry = jnp.clip(steps_S - 1, 0, cache.length - 1)[None, :]
-  put = lambda c, x: c.at[layer, slot, :, entry].set(x, unique_indices=True)
+  n_layers, slots, kv_heads = k_LxSxKxH.shape[:3]
+  # One (layer, slot, kv head, entry) index per head_dim row: the indexed dimensions are the
+  # cache's leading four in order, so the scatter updates the layout the layer scan reads (a
+  # window of [Kv, H] would make the TPU compiler copy the cache into another layout when a
+  # chip holds several KV heads).
+  layer = jnp.arange(n_layers)[:, None, None]
+  slot = jnp.arange(slots)[None, :, None]
+  head = jnp.arange(kv_heads)[None, None, :]
+  entry = jnp.clip(steps_S - 1, 0, cache.length - 1)[None, :, None]
+  put = lambda c, x: c.at[layer, slot, head, entry].set(x, unique_indices=True)
   return DecodeCache(put(cache.k, k_LxSxKxH), put(cache.v, v_LxSxKxH))
