@@ -5,6 +5,10 @@ layers), so this walks the program's call graph and multiplies what a loop body 
 loop's trip count: the `known_trip_count` XLA records, or else the bound `N` of the loop
 condition's `i < N` (the TPU compiler's form; counters start at 0).
 
+The TPU compiler splits one collective into a chain of async fusions that each name the whole
+result; they share the collective's `channel_id`, so a channel is counted once (at the most
+executions any of its pieces has).
+
 Bytes are what one chip sends or receives per call, on a ring: an all-gather receives
 (g - 1) / g of its result, an all-reduce moves twice that of its operand, a reduce-scatter
 (g - 1) times its result, an all-to-all (g - 1) / g, a collective-permute its whole buffer.
@@ -35,6 +39,7 @@ class Collective:
   shape: tuple[int, ...]     # the result (the largest array of an async start's tuple)
   group: int                 # devices taking part together
   times: int                 # executions per call of the program (loop trip counts)
+  channel: str = ""          # its channel_id ("" when the HLO names none)
 
   @property
   def nbytes(self) -> int:
@@ -120,7 +125,9 @@ def collectives(text: str, num_devices: int) -> tuple[list[Collective], list[str
                   if d in _ITEMSIZE]
         if arrays:
           dtype, shape = max(arrays, key=lambda a: math.prod(a[1]) * _ITEMSIZE[a[0]])
-          out.append(Collective(kind, dtype, shape, _group_size(line, num_devices), times))
+          channel = re.search(r"\bchannel_id=(\d+)", line)
+          out.append(Collective(kind, dtype, shape, _group_size(line, num_devices), times,
+                                channel.group(1) if channel else ""))
       callees = [(k, c) for k, c in _CALLEE.findall(line)]
       for group in _BRANCHES.findall(line):
         callees += [("branch", c.strip().lstrip("%")) for c in group.split(",") if c.strip()]
@@ -135,7 +142,13 @@ def collectives(text: str, num_devices: int) -> tuple[list[Collective], list[str
 
   if entry is not None:
     walk(entry, 1, ())
-  return out, unknown
+  by_channel: dict[str, Collective] = {}
+  for c in out:
+    if c.channel:
+      kept = by_channel.get(c.channel)
+      if kept is None or (c.times, c.nbytes) > (kept.times, kept.nbytes):
+        by_channel[c.channel] = c
+  return [c for c in out if not c.channel] + list(by_channel.values()), unknown
 
 
 def traffic_by_kind(text: str, num_devices: int) -> dict[str, float]:
