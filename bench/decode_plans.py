@@ -10,9 +10,9 @@ estimate there:
   one fits. Its own estimate (which counted no collective), and the same estimate with the
   collective bytes of its compiled decode counted (this checkout's HLO walk,
   `loop/hlo_collectives.py`, at the chip's ICI bandwidth).
-* `after`: this checkout's `rest-jax plan` (it counts the collectives itself); its largest slot
-  count comes from the plan's own search, started at `--max_slots` (the greedy evaluation's
-  layout capped by `Sampler.prompt_rows=64` so that it is Generate's memory that is sized).
+* `after`: this checkout's `rest-jax plan` (it counts the collectives itself) at the largest of
+  `--slots` that fits, the greedy evaluation's prompt rows capped at Generate's
+  (`Sampler.prompt_rows = slots / 16`) so that it is Generate's memory that is sized.
 
 Every row is one `rest-jax plan` process or a few; libtpu compiles for one TPU generation per
 process.
@@ -24,7 +24,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -47,13 +46,11 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def _plan(repo: str, preset: str, topology: str, slots: int, extra=(), suggest=False):
+def _plan(repo: str, preset: str, topology: str, slots: int, extra=()):
   flags = ["plan", "--gin_file=runs/rest_em_math.gin", f"--gin.BASE_MODEL='{preset}'",
            "--gin.MESH=(1, -1, 1)", "--gin.TASK='gsm8k'", "--gin.LoopConfig.num_samples=32",
            "--gin.LoopConfig.max_new_tokens=512", f"--gin.LoopConfig.sampler_slots={slots}",
-           f"--topology={topology}", "--only=sampler", "--json", *extra]
-  if not suggest:
-    flags.append("--no_suggest")
+           f"--topology={topology}", "--only=sampler", "--json", "--no_suggest", *extra]
   with tempfile.TemporaryDirectory() as hlo:
     r = subprocess.run([sys.executable, "-c", _DRIVER, *flags], capture_output=True, text=True,
                        cwd=repo, env={**os.environ, "PYTHONPATH": repo, "HLO_DIR": hlo,
@@ -103,16 +100,16 @@ def before(repo: str, preset: str, topology: str) -> dict:
   return {"slots": 0}
 
 
-def after(preset: str, topology: str, max_slots: int) -> dict:
-  extra = ["--gin.Sampler.prompt_rows=64"]
-  plan, _, err = _plan(REPO, preset, topology, max_slots, extra, suggest=True)
-  slots = max_slots
-  if not plan["fits"]:
-    m = re.search(r"this fits: LoopConfig.sampler_slots=(\d+)", err)
-    if not m:
-      return {"slots": 0, "error": err.strip().splitlines()[-1][:300]}
-    slots = int(m.group(1))
-    plan, _, _ = _plan(REPO, preset, topology, slots, extra)
+def after(preset: str, topology: str, candidates) -> dict:
+  """The largest of `candidates` (descending) whose sampler programs fit, with the greedy
+  evaluation's prompt rows capped at Generate's (`Sampler.prompt_rows = slots / 16`), so that
+  it is Generate's layout that is sized."""
+  for slots in candidates:
+    plan, _, _ = _plan(REPO, preset, topology, slots, [f"--gin.Sampler.prompt_rows={slots // 16}"])
+    if plan["fits"]:
+      break
+  else:
+    return {"slots": 0}
   d = _decode(plan)
   e = d["estimate"]
   return {"slots": slots, "per_chip_gib": d["per_chip_bytes"] / 2**30,
@@ -127,7 +124,8 @@ def main():
   ap.add_argument("--rows", default="llama3-8b@v5e-8,qwen2.5-7b@v5e-8,gemma3-1b@v5e-8,"
                                     "llama3-8b@v5p-64")
   ap.add_argument("--baseline_rev", default="a7307bf")
-  ap.add_argument("--max_slots", type=int, default=1024)
+  ap.add_argument("--slots", default="2048,1536,1024,768,512,256",
+                  help="slot counts tried after the change, largest first")
   args = ap.parse_args()
   print("| preset | slice | before: slots that fit | before: est. tok/s/chip (as planned / "
         "collectives counted) | after: slots that fit | after: per-chip, temp | after: "
@@ -141,7 +139,7 @@ def main():
       for row in args.rows.split(","):
         preset, topology = row.split("@")
         b = before(worktree, preset, topology)
-        a = after(preset, topology, args.max_slots)
+        a = after(preset, topology, [int(x) for x in args.slots.split(",")])
         print(json.dumps({"preset": preset, "topology": topology, "before": b, "after": a}),
               file=sys.stderr, flush=True)
         bt = (f"{b['tok_s_chip']:,.0f} / {b['tok_s_chip_with_collectives']:,.0f}"

@@ -184,3 +184,42 @@ def test_llama3_8b_fits_on_v5p_64_with_both_sample_placements():
   assert plan["placements"] == {"per_host": True, "global": True}
   train = next(p for p in plan["programs"] if p["name"] == "train_step")
   assert 0.45 <= train["estimate"]["mfu"] < 0.9     # the aim, and below a broken estimate
+
+
+def _sampler_plan(slots_or_rows: int, per_unit: float, fixed: float, name="decode"):
+  """A one-host Plan whose sampler needs `fixed + per_unit * slots_or_rows` bytes per chip."""
+  from rest_jax.loop import plan as plan_lib
+  slice_ = tpu_slices.parse("v5e-8")
+  need = fixed + per_unit * slots_or_rows
+  return plan_lib.Plan("v5e-8", slice_, {}, "m", 1, [plan_lib.Program(
+      name, need <= slice_.chip.usable_hbm, need, slice_.chip.usable_hbm)])
+
+
+@pytest.mark.parametrize("failing,key", [("decode", "LoopConfig.sampler_slots"),
+                                         ("decode_greedy", "Sampler.prompt_rows")])
+def test_the_largest_sampler_setting_that_fits_is_found(monkeypatch, failing, key):
+  """Memory grows linearly with slots (Generate) or prompt rows (the greedy evaluation): the
+  search follows the line through two compiled sizes and confirms the value it points to."""
+  import gin
+  from rest_jax.loop import plan as plan_lib
+  gin.bind_parameter("LoopConfig.sampler_slots", 4096)
+  gin.bind_parameter("LoopConfig.num_samples", 32)
+  usable = tpu_slices.parse("v5e-8").chip.usable_hbm
+  per_unit, fixed = 5e6, 2e9
+  largest = int((usable - fixed) // per_unit)                  # 2,749
+  probes = []
+
+  def fake_plan_run(topology, num_slices, only=None):
+    value = gin.query_parameter(key)
+    probes.append(value)
+    return _sampler_plan(value, per_unit, fixed, failing)
+
+  monkeypatch.setattr(plan_lib, "plan_run", fake_plan_run)
+  found = plan_lib.largest_sampler_setting("v5e-8", 1, _sampler_plan(4096, per_unit, fixed,
+                                                                     failing))
+  name, value = found.split("=")
+  unit = 16 if key == "LoopConfig.sampler_slots" else 1
+  assert name == key and int(value) % unit == 0
+  assert largest - 0.03 * largest <= int(value) <= largest, (found, probes)
+  assert len(probes) <= 4, probes
+  assert gin.query_parameter("LoopConfig.sampler_slots") == 4096     # put back

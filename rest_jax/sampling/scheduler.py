@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from rest_jax.sampling.forward import DecodeCache
 
 MAX_STOP_IDS = 8
 
