@@ -20,17 +20,15 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _rss_mib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+sys.path.insert(0, os.path.join(REPO, "bench"))
+# bench/sampler.py: the GGUF through transformers, a tokenizer view without stop ids, peak RSS.
+from sampler import _NoStop, _hf_model, _rss_mib  # noqa: E402
 
 
 def make_prompts(args) -> dict:
@@ -42,19 +40,6 @@ def make_prompts(args) -> dict:
   task = get_task("gsm8k", tokenizer=tok)
   ids = [sft_lib.encode_prompt(tok, p.prompt) for p in task.problems("test")[:args.prompts]]
   return {"prompts": ids, "pad_id": tok.pad_id}
-
-
-class _NoStop:
-  """A tokenizer view with no stop ids: every sample runs to max_new_tokens."""
-
-  eos_id = -1
-  stop_ids = ()
-
-  def __init__(self, tok):
-    self._tok = tok
-
-  def __getattr__(self, name):
-    return getattr(self._tok, name)
 
 
 def run_ours(args, data, side: str) -> dict:
@@ -82,8 +67,6 @@ def run_ours(args, data, side: str) -> dict:
 
 def run_hf(args, data) -> dict:
   import torch
-  sys.path.insert(0, os.path.join(REPO, "bench"))
-  from sampler import _hf_model   # bench/sampler.py: the GGUF through transformers
   torch.manual_seed(0)
   model = _hf_model(args.preset)
   pad, prompts = data["pad_id"], data["prompts"]
