@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-
 MAX_STOP_IDS = 8
 
 
@@ -138,7 +137,7 @@ class Run:
               started[p] += 1
         inserted_now = None   # (slot assignments, their first tokens) of this round
         if assigned:
-          state, firsts = self._insert_pairs(assigned, row_prompt, state, store_logits)
+          state, firsts = self._insert_pairs(assigned, state, store_logits)
           for slot, (p, j) in assigned:
             slots[slot] = _Slot(p, j, [], [])
           inserted_now = (assigned, firsts)
@@ -195,7 +194,7 @@ class Run:
         store, store_logits = s._prefill(self.params, store, store_logits, tokens, lengths, rows)
     return store, store_logits
 
-  def _insert_pairs(self, assigned, row_prompt, state, store_logits):
+  def _insert_pairs(self, assigned, state, store_logits):
     s = self.s
     n = min(pow2(len(assigned)), pow2(self.slots))
     slots = np.full((n,), self.slots, np.int32)   # out of range: dropped
