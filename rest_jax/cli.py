@@ -41,32 +41,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def import_configurables() -> None:
-  """Modules that define gin configurables must be imported before parsing."""
-  import rest_jax.training.improve  # noqa: F401
-  import rest_jax.loop.rest_em  # noqa: F401
-  import rest_jax.runtime.mesh  # noqa: F401
-  import rest_jax.loop.rest  # noqa: F401
-  import rest_jax.rewards.training  # noqa: F401
-  import rest_jax.models.config  # noqa: F401
-  import rest_jax.loop.run  # noqa: F401
-  import rest_jax.sampling.sampler  # noqa: F401
-  import rest_jax.tasks  # noqa: F401
-  import rest_jax.training.step  # noqa: F401
-
-
-def configure_gin(args) -> None:
-  """Parses `--gin_file`/`--gin.X=V`/`--gin_bindings` of a command that called add_flags."""
-  import_configurables()
-  gin_flags.parse(args.gin_file, [*args.gin_bindings, *args.gin_dot_bindings],
-                  args.gin_search_path)
-
-
-def gin_flags_given(args) -> bool:
-  """Whether a command that called add_flags got any `--gin_file`/`--gin.X=V`/`--gin_bindings`."""
-  return bool(args.gin_file or args.gin_bindings or args.gin_dot_bindings)
-
-
 # The project's own errors (bad input, not bugs): `rest-jax NAME: message` and exit status 2,
 # with OSError (a missing input, an unwritable output or workdir). Looked up in sys.modules
 # when an exception arrives, so `--help` imports none of them: a class whose module was never

@@ -19,7 +19,7 @@ def test_there_are_configs_of_each_kind():
 
 @pytest.mark.parametrize("path", GIN_FILES, ids=lambda p: os.path.relpath(p, REPO))
 def test_every_gin_file_parses(path):
-  cli.import_configurables()
+  cli.gin_flags.import_configurables()
   gin_flags.parse([path], [])
 
 

@@ -90,7 +90,7 @@ def test_wheel_install_finds_every_config(tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-2000:]
   installed = json.loads(run.stdout.strip().splitlines()[-1])
-  cli.import_configurables()
+  cli.gin_flags.import_configurables()
   for name in CONFIGS:
     gin_flags.parse([name], [])
     rc, text = installed[name]

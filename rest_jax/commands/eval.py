@@ -362,8 +362,7 @@ def format_table(metrics: dict) -> str:
 def main(args) -> int:
   if not run_command.start_processes(args, "eval"):
     return 1
-  from rest_jax import cli
-  cli.configure_gin(args)
+  gin_flags.configure_gin(args)
   from etils import epath
 
   from rest_jax.models.weights import WeightsError

@@ -1,6 +1,7 @@
 """t5x-style gin flags: `--gin_file` (repeatable), `--gin.NAME=VALUE`, `--gin_search_path`.
 
-cli.py is the only caller; everything else receives its settings through gin bindings.
+Commands call `configure_gin` (the only gin parsing); everything else receives its settings
+through gin bindings.
 """
 
 from __future__ import annotations
@@ -108,3 +109,28 @@ def write_config(workdir, name: str = "config.gin", text: str | None = None) -> 
   tmp.write_text(gin.config_str() if text is None else text)
   tmp.replace(path)
   return path
+
+
+def import_configurables() -> None:
+  """Modules that define gin configurables must be imported before parsing."""
+  import rest_jax.training.improve  # noqa: F401
+  import rest_jax.loop.rest_em  # noqa: F401
+  import rest_jax.runtime.mesh  # noqa: F401
+  import rest_jax.loop.rest  # noqa: F401
+  import rest_jax.rewards.training  # noqa: F401
+  import rest_jax.models.config  # noqa: F401
+  import rest_jax.loop.run  # noqa: F401
+  import rest_jax.sampling.sampler  # noqa: F401
+  import rest_jax.tasks  # noqa: F401
+  import rest_jax.training.step  # noqa: F401
+
+
+def configure_gin(args) -> None:
+  """Parses `--gin_file`/`--gin.X=V`/`--gin_bindings` of a command that called add_flags."""
+  import_configurables()
+  parse(args.gin_file, [*args.gin_bindings, *args.gin_dot_bindings], args.gin_search_path)
+
+
+def gin_flags_given(args) -> bool:
+  """Whether a command that called add_flags got any `--gin_file`/`--gin.X=V`/`--gin_bindings`."""
+  return bool(args.gin_file or args.gin_bindings or args.gin_dot_bindings)

@@ -29,14 +29,13 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-  from rest_jax import cli
   from rest_jax.commands.errors import CommandError
   from rest_jax.runtime import tpu_slices
   try:
     tpu_slices.parse(args.topology, args.num_slices)   # before any gin or compilation work
   except tpu_slices.SliceError as e:
     raise CommandError(str(e)) from e
-  cli.configure_gin(args)
+  gin_flags.configure_gin(args)
   from rest_jax.loop import plan as plan_lib
   try:
     plan = plan_lib.plan_run(args.topology, args.num_slices,

@@ -60,17 +60,14 @@ def start_processes(args, command: str) -> bool:
 def main(args) -> int:
   if args.print_config:
     import gin
-
-    from rest_jax import cli
-    cli.configure_gin(args)
+    gin_flags.configure_gin(args)
     print(gin.config_str(), end="")
     return 0
   from rest_jax.runtime import distributed as dist
   from rest_jax.runtime import preemption
   if not start_processes(args, "run"):
     return 1
-  from rest_jax import cli
-  cli.configure_gin(args)
+  gin_flags.configure_gin(args)
   from rest_jax.loop import rest_em as loop_lib
   from rest_jax.loop import run as run_lib
   from rest_jax.models.weights import WeightsError

@@ -26,9 +26,8 @@ def main(args) -> int:
   if args.n < 0:
     print(f"rest-jax tasks: -n must be >= 0, got {args.n}", file=sys.stderr)
     return 2
-  from rest_jax import cli
-  if cli.gin_flags_given(args):  # else skip importing every configurable: `tasks` stays quick
-    cli.configure_gin(args)
+  if gin_flags.gin_flags_given(args):  # else skip importing every configurable: `tasks` stays quick
+    gin_flags.configure_gin(args)
   from rest_jax.tasks import TaskDataError
   from rest_jax.tasks import cli as tasks_cli
   try:

@@ -52,12 +52,11 @@ def _task_lookup(name: str):
 
 
 def main(args) -> int:
-  from rest_jax import cli
   from rest_jax import verifiers
-  if cli.gin_flags_given(args):
+  if gin_flags.gin_flags_given(args):
     if not args.task:
       raise CommandError("gin flags configure the task of --task, and no --task was given")
-    cli.configure_gin(args)
+    gin_flags.configure_gin(args)
   if not os.path.isfile(args.input):
     raise CommandError(f"--input {args.input}: no such file; {_EXPECTED}")
   lookup = _task_lookup(args.task) if args.task else None

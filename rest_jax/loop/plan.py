@@ -235,7 +235,7 @@ def plan_sampler(cfg, graphdef, params, mesh, slice_, tokenizer, *, slots, promp
       out.append(Program("sampler" + suffix, False, _oom_bytes(str(e)), chip.usable_hbm,
                          error=str(e).splitlines()[0][:300], placement=placement))
       continue
-    layout = dict(sampler.stats, tensor_parallel=sampler.mesh.shape["tensor"])
+    layout = dict(sampler.stats, tensor_parallel=mesh_lib.tensor_parallel_size(sampler.mesh))
     for name, exe in compiled.items():
       if suffix and name != "decode":
         continue     # the greedy layout's other programs are smaller than Generate's

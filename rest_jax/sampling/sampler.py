@@ -220,7 +220,7 @@ class Sampler:
       rows = min(rows, self.prompt_rows)
     if num_prompts is not None:
       rows = min(rows, sched.pow2(num_prompts))
-    d = self.mesh.shape["data"]
+    d = mesh_lib.batch_shards(self.mesh)
     if rows > d:
       rows -= rows % d
     return max(1, rows), g
