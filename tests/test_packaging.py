@@ -83,7 +83,7 @@ def test_wheel_install_finds_every_config(tmp_path):
                          "--print_config"], cwd=elsewhere, env=env, capture_output=True,
                         text=True, timeout=300)
   assert demo.returncode == 0, demo.stderr[-2000:]
-  assert "model_config.preset = 'nano'" in demo.stdout  # from the included models/nano.gin
+  assert "LoopConfig.model = 'nano'" in demo.stdout  # from the included models/nano.gin
 
   # Every config, through the installed CLI, resolves to what the checkout resolves.
   run = subprocess.run([python, "-c", PRINT_ALL, *CONFIGS], cwd=elsewhere, env=env,

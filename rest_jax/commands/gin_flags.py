@@ -118,7 +118,6 @@ def import_configurables() -> None:
   import rest_jax.runtime.mesh  # noqa: F401
   import rest_jax.loop.rest  # noqa: F401
   import rest_jax.rewards.training  # noqa: F401
-  import rest_jax.models.config  # noqa: F401
   import rest_jax.loop.run  # noqa: F401
   import rest_jax.sampling.sampler  # noqa: F401
   import rest_jax.tasks  # noqa: F401

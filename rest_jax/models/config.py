@@ -6,7 +6,6 @@ import dataclasses
 import math
 from typing import Literal
 
-import gin
 import numpy as np
 
 Family = Literal["llama", "qwen2", "gemma3"]
@@ -173,11 +172,3 @@ PRESETS: dict[str, ModelConfig] = {
         num_kv_heads=4, head_dim=128, mlp_dim=18944, max_seq_len=32768, rope_theta=1_000_000.0,
         tie_embeddings=False, qkv_bias=True),
 }
-
-
-@gin.configurable
-def model_config(preset: str = "tiny", **overrides) -> ModelConfig:
-  """A preset by name, with any field overridden (the gin entry point for models)."""
-  if preset not in PRESETS:
-    raise ValueError(f"unknown model preset {preset!r}; known: {sorted(PRESETS)}")
-  return PRESETS[preset].replace(**overrides) if overrides else PRESETS[preset]
