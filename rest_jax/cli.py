@@ -4,8 +4,9 @@ Each subcommand lives in its own module, imported only when that command runs (s
 stays fast); the module provides `add_arguments(parser)` and `main(args) -> int`. Configured
 jobs take t5x-style gin flags; this file and `commands/gin_flags.py` are the only gin parsers.
 A command that takes no gin flags refuses them. The project's own errors (`USER_ERRORS`,
-OSError) become one line on stderr and exit status 2; any other exception is a bug and keeps
-its traceback.
+OSError) become one line on stderr and exit status 2 (a preemption 143, a process group that
+did not form 1: `OTHER_EXITS`); any other exception is a bug and keeps its traceback. This is
+the only place that maps exceptions to exit statuses.
 """
 
 from __future__ import annotations
@@ -59,8 +60,26 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Exceptions that end a command with their message and a status of their own: a stop at a
+# safe point after SIGTERM (the work done is on disk; 128 + SIGTERM, as a shell reports), and a
+# process group that could not form or lost a peer.
+OTHER_EXITS: tuple[tuple[str, str, int], ...] = (
+    ("rest_jax.runtime.preemption", "Preempted", 143),
+    ("rest_jax.runtime.distributed", "DistributedError", 1),
+)
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
   return (OSError, *(getattr(sys.modules[m], c) for m, c in USER_ERRORS if m in sys.modules))
+
+
+def exit_status(e: BaseException) -> int | None:
+  """The status a command ends with for `e` (its message on one line of stderr), or None for
+  a bug, which keeps its traceback: the one mapping from exceptions to exit statuses."""
+  for module, name, status in OTHER_EXITS:
+    if module in sys.modules and isinstance(e, getattr(sys.modules[module], name)):
+      return status
+  return 2 if isinstance(e, _user_error_types()) else None
 
 
 def _gin_args(argv: Sequence[str]) -> list[str]:
@@ -112,13 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"rest-jax {name}: interrupted", file=sys.stderr)
     return 130
   except Exception as e:  # pylint: disable=broad-except
-    if not isinstance(e, _user_error_types()):
+    status = exit_status(e)
+    if status is None:
       raise  # a bug: keep the traceback
     # gin appends "In call to configurable ..." lines to what passes through a configurable.
     message = "\n".join(line for line in str(e).splitlines()
                         if not line.lstrip().startswith("In call to configurable"))
     print(f"rest-jax {name}: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
 if __name__ == "__main__":

@@ -247,3 +247,23 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
   monkeypatch.setattr(tasks, "main", broken)
   with pytest.raises(RuntimeError, match="a bug"):
     cli.main(["tasks"])
+
+
+@pytest.mark.parametrize("error,status", [
+    ("rest_jax.runtime.preemption.Preempted", 143),
+    ("rest_jax.runtime.distributed.DistributedError", 1),
+    ("rest_jax.tasks.base.TaskDataError", 2),
+    ("rest_jax.commands.errors.CommandError", 2)])
+def test_one_mapping_from_errors_to_exit_statuses(monkeypatch, capsys, error, status):
+  """Every command ends through cli's mapping: one line naming the command, and the status of
+  the error's kind (a preemption's 143, a process group's 1, bad input's 2)."""
+  import importlib
+  from rest_jax.commands import tasks
+  module, name = error.rsplit(".", 1)
+  kind = getattr(importlib.import_module(module), name)
+
+  def fails(args):
+    raise kind("what went wrong\nIn call to configurable 'x'")
+  monkeypatch.setattr(tasks, "main", fails)
+  assert cli.main(["tasks"]) == status
+  assert capsys.readouterr().err.strip() == "rest-jax tasks: what went wrong"

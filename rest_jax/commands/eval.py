@@ -360,8 +360,7 @@ def format_table(metrics: dict) -> str:
 # ----------------------------------------------------------------------------- main
 
 def main(args) -> int:
-  if not run_command.start_processes(args, "eval"):
-    return 1
+  run_command.start_processes(args)
   gin_flags.configure_gin(args)
   from etils import epath
 

@@ -8,7 +8,6 @@ GGUF file, a Hugging Face directory). The result loads with `transformers`
 from __future__ import annotations
 
 import json
-import sys
 
 
 def add_arguments(parser):
@@ -24,14 +23,8 @@ def main(args) -> int:
   from rest_jax.runtime import mesh as mesh_lib
   from rest_jax.models.hf_export import export_hf
   from rest_jax.models.loading import load_model
-  from rest_jax.models.weights import WeightsError
-  from rest_jax.tokenizers import TokenizerError
-  try:
-    loaded = load_model(args.checkpoint, mesh_lib.create_mesh((1, -1, 1)))
-    out = export_hf(loaded, args.out, dtype=args.dtype)
-  except (WeightsError, TokenizerError) as e:
-    print(f"rest-jax export: error: {e}", file=sys.stderr)
-    return 2
+  loaded = load_model(args.checkpoint, mesh_lib.create_mesh((1, -1, 1)))
+  out = export_hf(loaded, args.out, dtype=args.dtype)
   print(json.dumps({"source": loaded.source, "out": out, "family": loaded.config.family,
                     "params": loaded.config.num_params(), "dtype": args.dtype}))
   return 0

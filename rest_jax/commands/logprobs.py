@@ -9,9 +9,10 @@ parity checks against other implementations (transformers, llama.cpp).
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
+
+from rest_jax.commands.errors import CommandError  # one line on stderr, exit status 2
 
 
 def add_arguments(parser):
@@ -57,9 +58,9 @@ def logprobs_json(loaded, text: str, *, chat: bool = False, add_bos: bool = True
   if add_bos and tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
     ids = [tok.bos_id] + ids
   if not ids:
-    raise ValueError("the text encodes to no tokens")
+    raise CommandError("the text encodes to no tokens")
   if len(ids) > loaded.config.max_seq_len:
-    raise ValueError(f"{len(ids)} tokens exceed the model's max_seq_len "
+    raise CommandError(f"{len(ids)} tokens exceed the model's max_seq_len "
                      f"{loaded.config.max_seq_len}")
   lp = token_logprobs(loaded, ids)
   values = [None if np.isnan(x) else float(x) for x in lp]
@@ -71,14 +72,8 @@ def logprobs_json(loaded, text: str, *, chat: bool = False, add_bos: bool = True
 def main(args) -> int:
   from rest_jax.runtime import mesh as mesh_lib
   from rest_jax.models.loading import load_model
-  from rest_jax.models.weights import WeightsError
-  from rest_jax.tokenizers import TokenizerError
-  try:
-    loaded = load_model(args.model, mesh_lib.create_mesh((1, -1, 1)), dtype=args.dtype,
-                        seed=args.seed)
-    result = logprobs_json(loaded, args.text, chat=args.chat, add_bos=not args.no_bos)
-  except (WeightsError, TokenizerError, ValueError) as e:
-    print(f"rest-jax logprobs: error: {e}", file=sys.stderr)
-    return 2
+  loaded = load_model(args.model, mesh_lib.create_mesh((1, -1, 1)), dtype=args.dtype,
+                      seed=args.seed)
+  result = logprobs_json(loaded, args.text, chat=args.chat, add_bos=not args.no_bos)
   print(json.dumps(result, ensure_ascii=False))
   return 0

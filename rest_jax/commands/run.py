@@ -9,7 +9,6 @@ elsewhere pass `--coordinator_address/--num_processes/--process_id` (or the
 from __future__ import annotations
 
 import json
-import sys
 
 from rest_jax.commands import gin_flags
 
@@ -39,22 +38,17 @@ def add_process_flags(parser):
                           "(default 100)")
 
 
-def start_processes(args, command: str) -> bool:
+def start_processes(args) -> None:
   """Joins the process group of `add_process_flags` (before anything initialises a JAX
-  backend) and turns SIGTERM into a stop at the next safe point; False (after one line on
-  stderr) when the group does not form."""
+  backend) and turns SIGTERM into a stop at the next safe point. A group that does not form
+  raises `DistributedError` (cli: one line, exit status 1)."""
   from rest_jax.runtime import distributed as dist
   from rest_jax.runtime import preemption
-  try:
-    dist.initialize(dist.ProcessGroup.from_env(
-        coordinator_address=args.coordinator_address, num_processes=args.num_processes,
-        process_id=args.process_id, init_timeout_s=args.init_timeout,
-        heartbeat_timeout_s=args.heartbeat_timeout))
-  except dist.DistributedError as e:
-    print(f"rest-jax {command}: {e}", file=sys.stderr)
-    return False
+  dist.initialize(dist.ProcessGroup.from_env(
+      coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+      process_id=args.process_id, init_timeout_s=args.init_timeout,
+      heartbeat_timeout_s=args.heartbeat_timeout))
   preemption.install()
-  return True
 
 
 def main(args) -> int:
@@ -64,28 +58,11 @@ def main(args) -> int:
     print(gin.config_str(), end="")
     return 0
   from rest_jax.runtime import distributed as dist
-  from rest_jax.runtime import preemption
-  if not start_processes(args, "run"):
-    return 1
+  start_processes(args)
   gin_flags.configure_gin(args)
-  from rest_jax.loop import rest_em as loop_lib
   from rest_jax.loop import run as run_lib
-  from rest_jax.models.weights import WeightsError
-  from rest_jax.tasks import TaskDataError
-  try:
-    result = run_lib.run()
-  except (loop_lib.ConfigChangedError, WeightsError, TaskDataError) as e:
-    # Without the "In call to configurable" lines gin appends.
-    text = "\n".join(line for line in str(e).splitlines()
-                     if not line.strip().startswith("In call to configurable"))
-    print(f"rest-jax run: {text}", file=sys.stderr)
-    return 2
-  except preemption.Preempted as e:
-    print(f"rest-jax run: {e}", file=sys.stderr)
-    return preemption.EXIT_CODE
-  except dist.DistributedError as e:
-    print(f"rest-jax run: {e}", file=sys.stderr)
-    return 1
+  # Bad settings, inputs, a preemption: cli maps each to one line and its exit status.
+  result = run_lib.run()
   if dist.is_writer():
     print(json.dumps(result, indent=1, default=str))
   return 0

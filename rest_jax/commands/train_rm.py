@@ -9,7 +9,8 @@ JSON summary line, with the AUC (pass vs fail) on held-out prompts.
 from __future__ import annotations
 
 import json
-import sys
+
+from rest_jax.commands.errors import CommandError  # one line on stderr, exit status 2
 
 
 def add_arguments(parser):
@@ -39,11 +40,6 @@ def add_arguments(parser):
   parser.add_argument("--mesh", default="1,-1,1", help="mesh shape data,fsdp,tensor")
 
 
-def _fail(msg: str) -> int:
-  print(f"rest-jax train-rm: {msg}", file=sys.stderr)
-  return 2
-
-
 def main(args) -> int:
   import os
 
@@ -52,22 +48,18 @@ def main(args) -> int:
 
   for name in ("steps", "batch_size", "seq_len"):
     if getattr(args, name) < 1:
-      return _fail(f"--{name} must be >= 1, got {getattr(args, name)}")
+      raise CommandError(f"--{name} must be >= 1, got {getattr(args, name)}")
   if not 0.0 <= args.heldout_fraction < 1.0:
-    return _fail(f"--heldout_fraction must be in [0, 1), got {args.heldout_fraction}")
+    raise CommandError(f"--heldout_fraction must be in [0, 1), got {args.heldout_fraction}")
   if os.path.isdir(args.output) and os.listdir(args.output):
-    return _fail(f"--output {args.output} exists and is not empty; choose a new directory")
-  try:
-    examples, files = reward_data.read_inputs(args.input)
-  except reward_data.RewardDataError as e:
-    return _fail(str(e))
+    raise CommandError(f"--output {args.output} exists and is not empty; choose a new "
+                       "directory")
+  examples, files = reward_data.read_inputs(args.input)   # RewardDataError: one line (cli)
 
   from rest_jax.runtime import mesh as mesh_lib
   from rest_jax.rewards import model as reward_model
   from rest_jax.rewards import training as reward_training
   from rest_jax.models.loading import load_model
-  from rest_jax.models.weights import WeightsError
-  from rest_jax.tokenizers import TokenizerError
   cfg = reward_training.RewardTrainConfig(
       steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
       warmup_steps=args.warmup_steps, loss=args.loss, seq_len=args.seq_len,
@@ -75,14 +67,17 @@ def main(args) -> int:
       balance=not args.no_balance, seed=args.seed)
   try:
     mesh = mesh_lib.create_mesh(_mesh_shape(args.mesh))
-    loaded = load_model(args.model, mesh, seed=args.seed, remat=True)
+  except ValueError as e:
+    raise CommandError(f"--mesh {args.mesh}: {e}") from e
+  loaded = load_model(args.model, mesh, seed=args.seed, remat=True)
+  try:   # rewards/ says what its settings or the examples lack with a ValueError
     rm = reward_model.from_policy(loaded.graphdef, loaded.params, loaded.config,
                                   loaded.tokenizer, mesh, loss=args.loss, seq_len=args.seq_len)
     rm, stats = reward_training.train(rm, examples, mesh, cfg)
-    rm.meta["trained_on"] = files[:50]
-    out = reward_model.save(rm, args.output, source=loaded.source)
-  except (WeightsError, TokenizerError, ValueError) as e:
-    return _fail(str(e))
+  except ValueError as e:
+    raise CommandError(str(e)) from e
+  rm.meta["trained_on"] = files[:50]
+  out = reward_model.save(rm, args.output, source=loaded.source)
   print(json.dumps({"output": out, "files": len(files), "model": loaded.source, **stats},
                    default=str))
   return 0
