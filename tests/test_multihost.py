@@ -206,3 +206,29 @@ def test_a_missing_peer_fails_start_up_with_a_clear_message(tmp_path):
                         f"--gin.WORKDIR='{tmp_path}'", "--num_processes=2"], cwd=rh.REPO, env=env,
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 1 and "--process_id" in out.stderr, out.stderr[-2000:]
+
+
+_ALLGATHER = """
+import sys
+from rest_jax.runtime import distributed as dist
+dist.initialize(dist.ProcessGroup(coordinator_address=sys.argv[1], num_processes=2,
+                                  process_id=int(sys.argv[2]), init_timeout_s=60))
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+print("gathered", multihost_utils.process_allgather(jnp.ones(2)).shape)
+"""
+
+
+def test_stdout_carries_only_the_programs_own_lines():
+  """Gloo announces its peers on standard output from native code at the first collective;
+  with CPU processes joined by gloo, those lines go to stderr and stdout keeps ours."""
+  address = f"127.0.0.1:{_free_port()}"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [subprocess.Popen([sys.executable, "-c", _ALLGATHER, address, str(i)], cwd=rh.REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+    assert out.splitlines() == ["gathered (2, 2)"], out
+  assert any("[Gloo]" in err for _, err in outs)   # still said, on stderr

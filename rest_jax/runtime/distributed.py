@@ -114,6 +114,7 @@ def initialize(group: ProcessGroup | None = None) -> bool:
     if _cpu_only():
       # CPU processes need a cross-process collective implementation of their own.
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      _native_stdout_to_stderr()
   where = group.coordinator_address or "the TPU metadata server's coordinator"
   log.info("joining process group: coordinator %s, %s processes, this is process %s "
            "(waiting up to %ds)", where, group.num_processes or "auto", group.process_id,
@@ -152,6 +153,22 @@ def initialize(group: ProcessGroup | None = None) -> bool:
   log.info("process %d of %d, %d local devices of %d", jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
   return jax.process_count() > 1
+
+
+def _native_stdout_to_stderr() -> None:
+  """Gloo announces its peers on the process's standard output ("[Gloo] Rank 0 is connected
+  to ..."), from native code, at the first collective. A command's stdout carries only its own
+  output (tables, JSON lines): file descriptor 1 goes to stderr, and Python's `sys.stdout`
+  keeps the real standard output."""
+  if getattr(sys.stdout, "_rest_jax_own_stdout", False):
+    return
+  sys.stdout.flush()
+  real = os.dup(1)
+  os.dup2(2, 1)
+  out = open(real, "w", encoding=sys.stdout.encoding, errors=sys.stdout.errors,  # noqa: SIM115
+             buffering=1 if sys.stdout.line_buffering else -1)
+  out._rest_jax_own_stdout = True  # pylint: disable=protected-access
+  sys.stdout = out
 
 
 def _cpu_only() -> bool:
