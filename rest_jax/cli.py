@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -97,6 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _cpu_only_machine_uses_cpu() -> None:
+  """On a machine with libtpu installed but no TPU (the test extra, compile-only planning),
+  jax would try the TPU backend first and libtpu would log warnings about hostnames and
+  accelerator types, then jax one about the missing TPU. There, the CPU backend is asked for
+  (as `JAX_PLATFORMS=cpu` would; `plan` still compiles for TPU slices). TPU VMs, GPU machines and an
+  explicit `JAX_PLATFORMS` are left as they are."""
+  import importlib.util
+  from rest_jax.runtime import distributed as dist
+  if os.environ.get("JAX_PLATFORMS") or dist.on_tpu_vm():
+    return
+  if importlib.util.find_spec("libtpu") is None or any(
+      importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
+    return
+  import jax
+  jax.config.update("jax_platforms", "cpu")   # jax read the environment on import already
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -111,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nrest-jax: unknown command {name!r}", file=sys.stderr)
     return 2
   module_name, help_text = COMMANDS[name]
+  _cpu_only_machine_uses_cpu()
   module = importlib.import_module(module_name)
   parser = argparse.ArgumentParser(prog=f"rest-jax {name}", description=help_text)
   gin_args = _gin_args(rest)

@@ -269,3 +269,22 @@ def test_one_mapping_from_errors_to_exit_statuses(monkeypatch, capsys, error, st
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and err.startswith("rest-jax tasks: "), err
   assert "what went wrong" in err and "In call to configurable" not in err
+
+
+def test_a_cpu_run_logs_nothing_of_the_tpu_runtime(tmp_path):
+  """With libtpu installed (the test extra) and no TPU, jax would try the TPU backend and
+  libtpu would log about hostnames and accelerator types: a command on such a machine asks
+  for the CPU backend, unless JAX_PLATFORMS says otherwise."""
+  import importlib.util
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  out = subprocess.run([sys.executable, "-m", "rest_jax.cli", "sample", "--model", "tiny",
+                        "--prompt", "hi", "--max_new_tokens", "2", "--no_progress"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "tpu" not in (out.stdout + out.stderr).lower(), out.stderr[-2000:]
+  assert "INFO rest_jax" in out.stderr        # our own logs stay
+  if importlib.util.find_spec("libtpu") is not None:   # what would have spoken: check it can
+    env["JAX_PLATFORMS"] = ""
+    noisy = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert "tpu" in noisy.stderr.lower()
