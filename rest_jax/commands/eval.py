@@ -19,12 +19,8 @@ processes (a pod) run like `rest-jax run`: each samples its own shards, `DIR` mu
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 import shutil
-import sys
 import tempfile
 
 from rest_jax.commands import gin_flags
@@ -73,25 +69,6 @@ def add_arguments(parser):
   run_command.add_process_flags(parser)
 
 
-@dataclasses.dataclass
-class _Plan:
-  models: dict[str, str]   # role ("model", "baseline") -> spec
-  task: str
-  split: str
-  limit: int | None
-  settings: object          # evaluate_model.EvalSettings
-  sampler_slots: int
-  sample_placement: str = "auto"
-  loop_config: object = None  # the LoopConfig: which training prompts 'train' and 'val' are
-
-
-def _one_line(e: Exception) -> str:
-  """The message of `e` on one line, without the "In call to configurable" lines gin adds."""
-  lines = [line.strip() for line in str(e).splitlines()]
-  return "; ".join(line for line in lines
-                   if line and not line.startswith("In call to configurable"))
-
-
 def _model_spec_error(flag: str, spec: str) -> str | None:
   """Why `spec` cannot name a model, found without loading it (None: it may)."""
   import os
@@ -103,7 +80,9 @@ def _model_spec_error(flag: str, spec: str) -> str | None:
           f"{', '.join(sorted(PRESETS))})")
 
 
-def _plan(args) -> _Plan:
+def _plan(args):
+  """The evaluation the flags ask for (`evaluate_model.EvalPlan`), checked before any model
+  loads."""
   from rest_jax.loop import evaluate_model
   from rest_jax.loop.rest_em import LoopConfig
   from rest_jax.sampling.sampler import SamplingParams
@@ -125,7 +104,7 @@ def _plan(args) -> _Plan:
     splits = tasks_lib.get_task(task).splits
   except ValueError as e:  # TaskDataError too
     if "needs a tokenizer" not in str(e):
-      raise CommandError(f"task {task!r}: {_one_line(e)}") from e
+      raise CommandError(f"task {task!r}: {evaluate_model.one_line(e)}") from e
     splits = None
   if args.split == "val" and cfg.num_val_prompts < 1:
     raise CommandError("--split val: LoopConfig.num_val_prompts is 0, so there is no validation "
@@ -167,127 +146,9 @@ def _plan(args) -> _Plan:
   settings = evaluate_model.EvalSettings(
       num_samples=num_samples, ks=ks, sampling=sampling, prompts_per_shard=cfg.prompts_per_shard,
       seed=cfg.seed if args.seed is None else args.seed)
-  return _Plan(models=models, task=task, split=args.split, limit=limit, settings=settings,
-               sampler_slots=cfg.sampler_slots, sample_placement=cfg.sample_placement,
-               loop_config=cfg)
-
-
-def _fingerprint(plan: _Plan, spec: str, problems) -> dict:
-  """What the samples under a role's directory depend on (its `eval.json`): the greedy
-  completions on the model, the problems and the length limits; the sampled ones also on the
-  draws."""
-  digest = hashlib.sha256()
-  for p in problems:
-    digest.update(json.dumps([p.id, p.prompt, p.reference], sort_keys=True).encode())
-  s = plan.settings
-  greedy = {"model": spec, "task": plan.task, "split": plan.split, "problems": len(problems),
-            "problems_sha256": digest.hexdigest(), "prompts_per_shard": s.prompts_per_shard,
-            "max_new_tokens": s.sampling.max_new_tokens, "stop": list(s.sampling.stop)}
-  sampled = {**greedy, "num_samples": s.num_samples, "temperature": s.sampling.temperature,
-             "top_k": s.sampling.top_k, "top_p": s.sampling.top_p, "seed": s.seed}
-  return {"greedy": greedy, "sampled": sampled if s.num_samples else None}
-
-
-def _check_resume(role_dir, fingerprint: dict) -> None:
-  """Refuses a directory holding samples of another evaluation; records this one.
-
-  A greedy-only evaluation and a full one of the same model share the greedy shards.
-  """
-  from rest_jax.runtime import distributed as dist
-  from rest_jax.runtime import workdir as workdir_lib
-  path = role_dir / "eval.json"
-  new = json.loads(json.dumps(fingerprint))
-  old = workdir_lib.read_json(path) if path.exists() else {}
-  for part in ("greedy", "sampled"):
-    a, b = old.get(part), new.get(part)
-    if a is not None and b is not None and a != b:
-      changed = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
-                          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
-      raise CommandError(f"{role_dir} holds samples of another evaluation ({changed}); use "
-                         "another --output, or delete it")
-  dist.barrier(f"eval/{role_dir.name}/resume_check")
-  if dist.is_writer():
-    workdir_lib.write_json(path, {part: new.get(part) or old.get(part)
-                                  for part in ("greedy", "sampled")})
-
-
-def _evaluate_role(plan: _Plan, role: str, out_dir, mesh, pool) -> dict:
-  """Loads one model, evaluates it (resuming its shards) and drops it again."""
-  from rest_jax.loop import evaluate_model
-  from rest_jax.models import loading
-  from rest_jax.models import params as params_lib
-  from rest_jax.loop import splits as run_splits
-  from rest_jax.runtime import sample_placement
-  from rest_jax.sampling.sampler import Sampler
-  from rest_jax.tasks import get_task
-
-  spec = plan.models[role]
-  loaded = loading.load_model(spec, mesh, seed=plan.settings.seed)
-  try:
-    task = get_task(plan.task, tokenizer=loaded.tokenizer)
-  except ValueError as e:  # TaskDataError too
-    raise CommandError(f"task {plan.task!r}: {_one_line(e)}") from e
-  source = "train" if plan.split == "val" else plan.split
-  if source not in task.splits:
-    raise CommandError(f"task {plan.task!r} has no split {plan.split!r} (its splits: "
-                       f"{', '.join(task.splits)})")
-  problems = task.problems(source)
-  if plan.split in ("train", "val") and plan.loop_config is not None:
-    # The run's own prompts (loop/splits.py), as its "train" and "val" figures use them.
-    try:
-      train, val = run_splits.train_and_val(problems, plan.loop_config)
-    except ValueError as e:
-      raise CommandError(f"--split {plan.split}: {e}") from e
-    problems = (run_splits.train_eval_problems(train, plan.loop_config, limit=plan.limit)
-                if plan.split == "train" else val)
-  problems = problems if plan.limit is None else problems[:plan.limit]
-  if not problems:
-    raise CommandError(f"task {plan.task!r}, split {plan.split!r}: no problems")
-  role_dir = out_dir / role
-  _check_resume(role_dir, _fingerprint(plan, spec, problems))
-  # As the loop samples (LoopConfig.sample_placement).
-  placement = sample_placement.resolve(plan.sample_placement, mesh, loaded.params,
-                                       loaded.config.dtype)
-  sample_mesh = sample_placement.sampling_mesh(mesh, placement)
-  sampler = Sampler(loaded.graphdef, loaded.config, loaded.tokenizer, sample_mesh,
-                    num_slots=plan.sampler_slots)
-  # Into the sampler's serving layout once: every split's generate calls then reuse it.
-  params = sampler.serving_params(sample_placement.to_sampling_mesh(
-      loaded.params, mesh, sample_mesh, params_lib.shardings))
-  result = evaluate_model.evaluate_split(
-      problems, role_dir, plan.split, settings=plan.settings, sampler=sampler, params=params,
-      tokenizer=loaded.tokenizer, pool=pool, desc=f"eval/{role}")
-  return {"spec": spec, "source": loaded.source, "ids": [p.id for p in problems],
-          "result": result}
-
-
-def _evaluate(plan: _Plan, out_dir) -> dict:
-  from rest_jax.loop import evaluation
-  from rest_jax.runtime import mesh as mesh_lib
-  from rest_jax.verifiers import VerifierPool
-
-  mesh = mesh_lib.create_mesh()
-  pool = VerifierPool()
-  try:
-    done = {role: _evaluate_role(plan, role, out_dir, mesh, pool) for role in plan.models}
-  finally:
-    pool.close()
-  s = plan.settings
-  metrics = {"task": plan.task, "split": plan.split, "problems": len(done["model"]["ids"]),
-             "settings": {"num_samples": s.num_samples, "ks": list(s.ks),
-                          "sampling": dataclasses.asdict(s.sampling), "seed": s.seed,
-                          "prompts_per_shard": s.prompts_per_shard}}
-  for role, d in done.items():
-    metrics[role] = {"spec": d["spec"], "source": d["source"], "metrics": d["result"].summary}
-  if "baseline" in done:
-    a, b = done["model"], done["baseline"]
-    if a["ids"] != b["ids"]:
-      raise CommandError("the model and the baseline got different problems: no pairing")
-    per = [evaluation.per_prompt_metrics(d["result"].per_prompt, s.ks, d["result"].greedy)
-           for d in (a, b)]
-    shared = [k for k in per[0] if k in a["result"].summary and k in b["result"].summary]
-    metrics["paired"] = evaluation.paired_differences({k: per[0][k] for k in shared}, per[1])
-  return metrics
+  return evaluate_model.EvalPlan(
+      models=models, task=task, split=args.split, limit=limit, settings=settings,
+      sampler_slots=cfg.sampler_slots, sample_placement=cfg.sample_placement, loop_config=cfg)
 
 
 # ----------------------------------------------------------------------------- the table
@@ -364,31 +225,18 @@ def main(args) -> int:
   gin_flags.configure_gin(args)
   from etils import epath
 
-  from rest_jax.models.weights import WeightsError
+  from rest_jax.loop import evaluate_model
   from rest_jax.runtime import distributed as dist
-  from rest_jax.runtime import preemption
   from rest_jax.runtime import workdir as workdir_lib
-  from rest_jax.tasks import TaskDataError
 
-  temporary = None
+  plan = _plan(args)   # bad flags: CommandError, one line (cli)
+  if args.output is None and dist.process_count() > 1:
+    raise CommandError("--output is required with several processes (a directory every "
+                       "process reads and writes, e.g. on gs://)")
+  temporary = None if args.output else tempfile.mkdtemp(prefix="rest_jax_eval_")
   try:
-    plan = _plan(args)
-    if args.output is None:
-      if dist.process_count() > 1:
-        raise CommandError("--output is required with several processes (a directory every "
-                           "process reads and writes, e.g. on gs://)")
-      temporary = tempfile.mkdtemp(prefix="rest_jax_eval_")
     out_dir = epath.Path(args.output or temporary)
-    metrics = _evaluate(plan, out_dir)
-  except (CommandError, WeightsError, TaskDataError) as e:
-    print(f"rest-jax eval: {_one_line(e)}", file=sys.stderr)
-    return 2
-  except preemption.Preempted as e:
-    print(f"rest-jax eval: {e}", file=sys.stderr)
-    return preemption.EXIT_CODE
-  except dist.DistributedError as e:
-    print(f"rest-jax eval: {e}", file=sys.stderr)
-    return 1
+    metrics = evaluate_model.evaluate_models(plan, out_dir)
   finally:
     if temporary is not None:
       shutil.rmtree(temporary, ignore_errors=True)
