@@ -56,7 +56,8 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("rest_jax.tasks.kept", "KeptDataError"),
     ("rest_jax.rewards.data", "RewardDataError"),
     ("rest_jax.rewards.sources", "RewardSourceError"),
-    ("rest_jax.loop.rest_em", "ConfigChangedError"),
+    ("rest_jax.loop.config", "ConfigChangedError"),
+    ("rest_jax.loop.config", "RunSettingError"),
     ("rest_jax.loop.evaluate_model", "EvaluationError"),
     ("rest_jax.verifiers.sandbox", "SandboxUnavailable"),
 )

@@ -87,3 +87,39 @@ def test_changed_config_is_refused_with_a_diff(uninterrupted):
   assert out.returncode == 2
   assert "different config" in out.stderr
   assert "-LoopConfig.num_samples = 4" in out.stderr and "+LoopConfig.num_samples = 5" in out.stderr
+
+
+def test_a_setting_that_solves_nothing_stops_in_one_line_and_a_changed_rerun_goes_on(tmp_path):
+  """Shown work checked after 30 base steps: no sample of iter_001 passes. The run ends with
+  one line naming the stage and what to change (exit 2), keeps what is done and sets the
+  iteration's samples aside; rerun with answers alone checked (a config change, allowed), it
+  goes on from iter_001's Generate without redoing the base."""
+  flags = [f for f in SMALL if "check_work" not in f and "iterations" not in f] + [
+      "--gin.LoopConfig.iterations=1", "--gin.LoopConfig.sft_baseline=False"]
+  out = subprocess.run(rh.run_cmd(flags + ["--gin.arithmetic_task.check_work=True"], tmp_path),
+                       cwd=rh.REPO, capture_output=True, text=True, env=rh.two_device_env(),
+                       timeout=900)
+  assert out.returncode == 2, out.stderr[-3000:]
+  errors = [line for line in out.stderr.splitlines() if line.startswith("rest-jax run:")]
+  assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert errors[0].startswith("rest-jax run: iter_001: no sample passed the verifier")
+  assert "allow_config_change=True" in errors[0]
+  wd = epath.Path(tmp_path)
+  state = json.loads((wd / "state.json").read_text())
+  assert "iter_000/evaluate" in state["done"]
+  assert not any(d.startswith("iter_001/") for d in state["done"])
+  assert not (wd / "iter_001").exists()
+  aside = wd / "iter_001.nothing_kept.1"
+  assert [json.loads(l)["reward"] for p in (aside / "samples").glob("shard-*.jsonl")
+          for l in p.read_text().splitlines()] and (aside / "kept.jsonl").read_text() == ""
+  base = (wd / "iter_000" / "metrics.json").read_text()
+
+  out = subprocess.run(rh.run_cmd(flags + ["--gin.arithmetic_task.check_work=False",
+                                           "--gin.LoopConfig.allow_config_change=True"],
+                                  tmp_path),
+                       cwd=rh.REPO, capture_output=True, text=True, env=rh.two_device_env(),
+                       timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert (wd / "iter_000" / "metrics.json").read_text() == base    # the base was not redone
+  assert json.loads((wd / "state.json").read_text())["finished"]
+  assert (wd / "iter_001" / "kept.jsonl").read_text().strip()

@@ -76,25 +76,29 @@ class ReSTLoop(loop_lib.Loop):
 
   def __init__(self, cfg: loop_lib.LoopConfig, mesh, rest: ReSTConfig | None = None):
     if cfg.mode != "rest":
-      raise ValueError(f"ReSTLoop needs LoopConfig.mode='rest', got {cfg.mode!r}")
+      raise loop_lib.RunSettingError(f"ReSTLoop needs LoopConfig.mode='rest', got {cfg.mode!r}")
     if cfg.adaptive_rounds:
-      raise ValueError(f"LoopConfig.adaptive_rounds={cfg.adaptive_rounds} is for "
-                       "mode='rest_em': ReST's Grow draws num_samples per prompt; set it to 0")
+      raise loop_lib.RunSettingError(
+          f"LoopConfig.adaptive_rounds={cfg.adaptive_rounds} is for mode='rest_em': ReST's "
+          "Grow draws num_samples per prompt; set it to 0")
     if dist.process_count() > 1:
-      raise ValueError("LoopConfig.mode='rest' runs on one process: the reward model is "
-                       "trained and applied on one host. Run it with one process, or use "
-                       "mode='rest_em' on a pod")
+      raise loop_lib.RunSettingError(
+          "LoopConfig.mode='rest' runs on one process: the reward model is trained and applied "
+          "on one host. Run it with one process, or use mode='rest_em' on a pod")
     # Loop validates its own modes; the ReST driver is this class's run().
     super().__init__(dataclasses.replace(cfg, mode="rest_em"), mesh)
     self.cfg = cfg
     self.rest = rest or ReSTConfig()
-    self.thresholds = rest_schedule.check_schedule(self.rest.thresholds, self.rest.threshold_mode,
-                                                   self.rest.improve_steps)
+    try:
+      self.thresholds = rest_schedule.check_schedule(
+          self.rest.thresholds, self.rest.threshold_mode, self.rest.improve_steps)
+    except ValueError as e:
+      raise loop_lib.RunSettingError(str(e)) from e
     if self.rest.loss not in rest_schedule.LOSSES:
-      raise ValueError(f"ReSTConfig.loss={self.rest.loss!r}: expected one of "
-                       f"{rest_schedule.LOSSES}")
+      raise loop_lib.RunSettingError(f"ReSTConfig.loss={self.rest.loss!r}: expected one of "
+                                     f"{rest_schedule.LOSSES}")
     if self.rest.grows < 1 or self.rest.improve_steps < 1:
-      raise ValueError("ReSTConfig.grows and ReSTConfig.improve_steps must be >= 1")
+      raise loop_lib.RunSettingError("ReSTConfig.grows and ReSTConfig.improve_steps must be >= 1")
     self.source = None        # the reward source, once ready
     self.rm_stats: dict = {}
 

@@ -75,6 +75,11 @@ class RunState:
       self.done.append(step)
     self.shards.pop(step, None)
 
+  def forget(self, stage: str) -> None:
+    """Drops every finished step and shard record of `stage` (e.g. 'iter_001')."""
+    self.done = [d for d in self.done if not d.startswith(f"{stage}/")]
+    self.shards = {k: v for k, v in self.shards.items() if not k.startswith(f"{stage}/")}
+
 
 class Workdir:
   """Paths of the layout described in DESIGN.md."""
@@ -93,6 +98,13 @@ class Workdir:
 
   def save_state(self, state: RunState) -> None:
     write_json(self.state_path, dataclasses.asdict(state))
+
+  def aside_path(self, stage: str, why: str) -> epath.Path:
+    """The first free `STAGE.WHY.N` beside `stage`'s directory (where `set_aside` moves it)."""
+    n = 1
+    while (self.root / f"{stage}.{why}.{n}").exists():
+      n += 1
+    return self.root / f"{stage}.{why}.{n}"
 
   def iteration_dir(self, i: int) -> epath.Path:
     return self.root / f"iter_{i:03d}"
