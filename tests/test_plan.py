@@ -202,6 +202,7 @@ def test_the_largest_sampler_setting_that_fits_is_found(monkeypatch, failing, ke
   search follows the line through two compiled sizes and confirms the value it points to."""
   import gin
   from rest_jax.loop import plan as plan_lib
+  from rest_jax.loop import plan_suggest
   gin.bind_parameter("LoopConfig.sampler_slots", 4096)
   gin.bind_parameter("LoopConfig.num_samples", 32)
   usable = tpu_slices.parse("v5e-8").chip.usable_hbm
@@ -215,7 +216,7 @@ def test_the_largest_sampler_setting_that_fits_is_found(monkeypatch, failing, ke
     return _sampler_plan(value, per_unit, fixed, failing)
 
   monkeypatch.setattr(plan_lib, "plan_run", fake_plan_run)
-  found = plan_lib.largest_sampler_setting("v5e-8", 1, _sampler_plan(4096, per_unit, fixed,
+  found = plan_suggest.largest_sampler_setting("v5e-8", 1, _sampler_plan(4096, per_unit, fixed,
                                                                      failing))
   name, value = found.split("=")
   unit = 16 if key == "LoopConfig.sampler_slots" else 1

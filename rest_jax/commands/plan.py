@@ -37,6 +37,7 @@ def main(args) -> int:
     raise CommandError(str(e)) from e
   gin_flags.configure_gin(args)
   from rest_jax.loop import plan as plan_lib
+  from rest_jax.loop import plan_suggest
   try:
     plan = plan_lib.plan_run(args.topology, args.num_slices,
                              only=set(args.only.split(",")) if args.only else None)
@@ -50,7 +51,7 @@ def main(args) -> int:
     return 2
   if not plan.fits:
     worst = plan.failing
-    found = plan_lib.suggest(args.topology, args.num_slices, plan)
+    found = plan_suggest.suggest(args.topology, args.num_slices, plan)
     fix = (f"this fits: {found}" if found else
            "no alternative tried fits (micro-batches, fewer sampler slots, bfloat16 "
            "parameters, slices up to 8x larger)")

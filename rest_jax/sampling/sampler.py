@@ -51,12 +51,10 @@ What a `Completion` holds:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import Callable, Sequence
 
-import flax.struct
 import gin
 import jax
 import jax.numpy as jnp
@@ -67,76 +65,15 @@ from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.sampling import filters
 from rest_jax.sampling import forward as sampling_model
 from rest_jax.sampling import scheduler as sched
+from rest_jax.sampling import settings
+from rest_jax.sampling.settings import DEFAULT_BUCKETS, SamplingParams
+from rest_jax.sampling.slots import SlotState, is_stop, sample_keys
 from rest_jax.models.config import ModelConfig
 from rest_jax.sampling.forward import DecodeCache
 from rest_jax.sampling.scheduler import MAX_STOP_IDS, Completion
 
 log = logging.getLogger(__name__)
 
-
-
-def default_buckets(lo: int = 16, hi: int = 1 << 20) -> tuple[int, ...]:
-  """16, 24, 32, 48, 64, 96, ...: powers of two and 1.5x powers of two."""
-  out, b = [], lo
-  while b <= hi:
-    out += [b, b * 3 // 2]
-    b *= 2
-  return tuple(x for x in out if x <= hi)
-
-
-DEFAULT_BUCKETS = default_buckets()
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-  """How to draw each token. EOS ids come from the tokenizer (`eos_id` and `stop_ids`)."""
-
-  temperature: float = 1.0   # 0.0 = greedy
-  top_k: int = 0             # 0 = off
-  top_p: float = 1.0         # 1.0 = off
-  max_new_tokens: int = 256
-  stop: tuple[str, ...] = ()  # stop strings, matched on the detokenised completion
-
-  def __post_init__(self):
-    if self.max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-    if isinstance(self.stop, str):
-      object.__setattr__(self, "stop", (self.stop,))
-    if any(not s for s in self.stop):
-      raise ValueError("stop strings must be non-empty")
-    filters.FilterSpec.of(self.temperature, self.top_k, self.top_p, vocab_size=1 << 30)
-
-
-@gin.configurable
-def sampling_params(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                    max_new_tokens: int = 256, stop: Sequence[str] = ()) -> SamplingParams:
-  """The gin entry point for `SamplingParams`."""
-  return SamplingParams(temperature, top_k, top_p, max_new_tokens, tuple(stop))
-
-
-@flax.struct.dataclass
-class SlotState:
-  """Per-slot decode state on the device."""
-
-  token: jax.Array    # [S] int32: the last generated token, fed at `pos` next
-  pos: jax.Array      # [S] int32
-  step: jax.Array     # [S] int32: tokens generated so far (the index of the next draw)
-  active: jax.Array   # [S] bool: still generating
-  key: jax.Array      # [S, 2] uint32: raw key data of the sample's key
-
-  @classmethod
-  def empty(cls, slots: int) -> "SlotState":
-    z = jnp.zeros((slots,), jnp.int32)
-    return cls(z, z, z, jnp.zeros((slots,), bool), jnp.zeros((slots, 2), jnp.uint32))
-
-
-def _sample_keys(seed, pkeys, samples):
-  base = jax.random.key(seed)
-  return jax.vmap(lambda p, j: jax.random.fold_in(jax.random.fold_in(base, p), j))(pkeys, samples)
-
-
-def _is_stop(tok, stop_ids):
-  return jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
 
 
 @gin.configurable
@@ -342,10 +279,10 @@ class Sampler:
     The completion cache is not touched: a slot at step 1 reads none of its old entries."""
     def fn(state, store_logits, slots, rows, pkeys, samples, lengths, seed, dyn):
       temperature, top_p, stop_ids, max_new = dyn
-      keys = _sample_keys(seed, pkeys, samples)
+      keys = sample_keys(seed, pkeys, samples)
       first_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
       tok, logp = filters.draw(store_logits[rows], first_keys, spec, temperature, top_p)
-      done = _is_stop(tok, stop_ids) | (max_new <= 1)
+      done = is_stop(tok, stop_ids) | (max_new <= 1)
       set_ = lambda a, v: a.at[slots].set(v, mode="drop")
       state = SlotState(
           token=set_(state.token, tok), pos=set_(state.pos, lengths),
@@ -375,7 +312,7 @@ class Sampler:
             st.key, st.step)
         tok, logp = filters.draw(logits, keys, spec, temperature, top_p)
         step = st.step + 1
-        done = _is_stop(tok, stop_ids) | (step >= max_new)
+        done = is_stop(tok, stop_ids) | (step >= max_new)
         act = st.active
         st = SlotState(token=jnp.where(act, tok, st.token), pos=jnp.where(act, st.pos + 1, st.pos),
                        step=jnp.where(act, step, st.step), active=act & ~done, key=st.key)
@@ -549,24 +486,10 @@ class Sampler:
     if len(prompt_keys) != len(prompts):
       raise ValueError(f"{len(prompt_keys)} prompt_keys for {len(prompts)} prompts")
     if sample_offsets is not None:
-      sample_offsets = _check_offsets(sample_offsets, len(prompts), num_samples)
+      sample_offsets = settings.check_offsets(sample_offsets, len(prompts), num_samples)
     prompts = self._check_prompts(prompts, sampling.max_new_tokens)
     spec = filters.FilterSpec.of(sampling.temperature, sampling.top_k, sampling.top_p,
                                  self.config.vocab_size)
     params = self.serving_params(params)
     return sched.Run(self, params, prompts, prompt_keys, num_samples, sampling, spec, seed,
                      progress, on_prompt_done, sample_offsets).run()
-
-
-def _check_offsets(offsets: Sequence[int], num_prompts: int, num_samples: int) -> list[int]:
-  """`offsets` as ints, or a ValueError: one per prompt, each >= 0, and every sample index
-  below 2**32 (the key folds it in as a uint32)."""
-  out = [int(o) for o in offsets]
-  if len(out) != num_prompts:
-    raise ValueError(f"{len(out)} sample_offsets for {num_prompts} prompts: expected one per "
-                     "prompt")
-  bad = next((i for i, o in enumerate(out) if not 0 <= o <= (1 << 32) - num_samples), None)
-  if bad is not None:
-    raise ValueError(f"sample_offsets[{bad}]={out[bad]}: expected 0 <= offset <= "
-                     f"2**32 - num_samples ({(1 << 32) - num_samples})")
-  return out
