@@ -259,9 +259,9 @@ def test_bfloat16_load(tiny_hf):
 
 
 def _logprobs_main(argv, capsys):
-  parser = argparse.ArgumentParser()
-  logprobs_cmd.add_arguments(parser)
-  rc = logprobs_cmd.main(parser.parse_args(argv))
+  """`rest-jax logprobs ARGV` as the command line runs it (errors become one line, exit 2)."""
+  from rest_jax import cli
+  rc = cli.main(["logprobs", *argv])
   captured = capsys.readouterr()
   return rc, captured.out, captured.err
 
