@@ -54,7 +54,7 @@ class Program:
   temp_bytes: float = 0.0
   flops: float = 0.0             # per chip per call, analytic
   hbm_bytes: float = 0.0         # per chip per call, analytic lower bound
-  collective_bytes: float = 0.0  # per chip per call, analytic (FSDP gathers/scatters)
+  collective_bytes: float = 0.0  # per chip per call: train analytic, sampler from its HLO
   collectives: dict = dataclasses.field(default_factory=dict)   # kind -> count in the HLO
   estimate: dict = dataclasses.field(default_factory=dict)
   error: str = ""
@@ -128,8 +128,7 @@ def _oom_bytes(text: str) -> float:
           if m else float("nan"))
 
 
-def _collective_counts(compiled) -> dict:
-  text = compiled.as_text()
+def _collective_counts(text: str) -> dict:
   return {k: len(re.findall(rf"\b{k}(?:-start)?\(", text)) for k in _COLLECTIVES
           if re.search(rf"\b{k}(?:-start)?\(", text)}
 
@@ -174,7 +173,7 @@ def plan_train(cfg, graphdef, params, mesh, slice_, *, batch, seq, accum, steps=
   if compiled is not None:
     mem = compiled.memory_analysis()
     prog.argument_bytes, prog.temp_bytes = mem.argument_size_in_bytes, mem.temp_size_in_bytes
-    prog.collectives = _collective_counts(compiled)
+    prog.collectives = _collective_counts(compiled.as_text())
   # remat recomputes the forward pass in the backward pass: 8N per token on the chip, of which
   # the 6N of the model count towards MFU.
   t = max(flops * 4 / 3 / chip.peak_flops, hbm / chip.hbm_bandwidth) + coll / chip.ici_bandwidth
@@ -183,7 +182,8 @@ def plan_train(cfg, graphdef, params, mesh, slice_, *, batch, seq, accum, steps=
   return prog
 
 
-def _decode_estimate(prog: Program, exe, cfg, layout: dict, steps: int, chips: int, chip):
+def _decode_estimate(prog: Program, exe, text: str, cfg, layout: dict, steps: int, chips: int,
+                     chip):
   """Per-step figures of a compiled decode program: it reads its arguments (the weights in
   the serving layout, each live prompt's row once, the completion caches) and moves the
   collective bytes its HLO holds (loop bodies times their trip counts)."""
@@ -192,7 +192,7 @@ def _decode_estimate(prog: Program, exe, cfg, layout: dict, steps: int, chips: i
   attention = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * slots * (prompt + new)
   flops = (2 * n_matmul * slots + attention) / chips
   hbm = float(exe.memory_analysis().argument_size_in_bytes)
-  coll = hlo_collectives.traffic_by_kind(exe.as_text(), chips)
+  coll = hlo_collectives.traffic_by_kind(text, chips)
   coll_step = sum(coll.values()) / steps
   t = max(flops / chip.peak_flops, hbm / chip.hbm_bandwidth) + coll_step / chip.ici_bandwidth
   prog.flops, prog.hbm_bytes, prog.collective_bytes = flops * steps, hbm * steps, coll_step * steps
@@ -234,17 +234,17 @@ def plan_sampler(cfg, graphdef, params, mesh, slice_, tokenizer, *, slots, promp
     for name, exe in compiled.items():
       if suffix and name != "decode":
         continue     # the greedy layout's other programs are smaller than Generate's
-      mem = exe.memory_analysis()
+      mem, text = exe.memory_analysis(), exe.as_text()   # the HLO text once per program
       need = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
               + mem.temp_size_in_bytes)
       prog = Program(name + suffix, need <= chip.usable_hbm, float(need), chip.usable_hbm,
                      argument_bytes=mem.argument_size_in_bytes,
-                     temp_bytes=mem.temp_size_in_bytes, collectives=_collective_counts(exe),
+                     temp_bytes=mem.temp_size_in_bytes, collectives=_collective_counts(text),
                      placement=placement)
       if name == "decode":
-        _decode_estimate(prog, exe, cfg, layout, sampler.steps_per_dispatch, chips, chip)
+        _decode_estimate(prog, exe, text, cfg, layout, sampler.steps_per_dispatch, chips, chip)
       elif name == "serving_layout":
-        coll = sum(hlo_collectives.traffic_by_kind(exe.as_text(), chips).values())
+        coll = sum(hlo_collectives.traffic_by_kind(text, chips).values())
         prog.collective_bytes = coll
         prog.estimate = {"seconds": coll / chip.ici_bandwidth
                          + mem.argument_size_in_bytes / chip.hbm_bandwidth,
