@@ -19,6 +19,7 @@ RUNTIME = [
     "gguf>=0.10",
     "safetensors>=0.4",
     "tokenizers>=0.19",
+    "huggingface_hub>=0.30",  # hf://ORG/NAME model specs (models/hub.py)
     "jinja2>=3.1",
     "tqdm>=4.66",
     "tensorboardX>=2.6",

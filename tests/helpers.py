@@ -13,6 +13,9 @@ def family_configs() -> dict[str, ModelConfig]:
   return {
       "llama": PRESETS["tiny"].replace(**base),
       "qwen2": ModelConfig(family="qwen2", qkv_bias=True, rope_theta=1e6, **base),
+      # head_dim 24 != embed_dim / num_heads (16), as in every Qwen3.
+      "qwen3": ModelConfig(family="qwen3", qk_norm=True, rope_theta=1e6,
+                           **{**base, "head_dim": 24}),
       "gemma3": ModelConfig(
           family="gemma3", rope_theta=1e6, rope_local_theta=1e4, norm_scale_offset=1.0,
           activation="gelu_tanh", qk_norm=True, post_norms=True, scale_embeddings=True,

@@ -40,7 +40,11 @@ def test_tiny_partition_specs_golden():
 
 @pytest.mark.parametrize("preset,expected", [
     ("smollm2-135m", 134_515_008), ("gemma3-270m", 268_098_176), ("gemma3-1b", 999_885_952),
-    ("llama3-8b", 8_030_261_248), ("qwen2.5-0.5b", 494_032_768), ("qwen2.5-7b", 7_615_616_512)])
+    ("llama3-8b", 8_030_261_248), ("qwen2.5-0.5b", 494_032_768), ("qwen2.5-7b", 7_615_616_512),
+    # The counts the model cards give: Qwen3 0.6B/1.7B/4B/8B, Llama 3.2 1B/3B.
+    ("qwen3-0.6b", 596_049_920), ("qwen3-1.7b", 1_720_574_976), ("qwen3-4b", 4_022_468_096),
+    ("qwen3-8b", 8_190_735_360), ("llama3.2-1b", 1_235_814_400),
+    ("llama3.2-3b", 3_212_749_824)])
 def test_large_presets_instantiate_abstractly(preset, expected):
   _, params = abstract_params(PRESETS[preset])
   assert isinstance(jax.tree.leaves(params)[0], jax.ShapeDtypeStruct)

@@ -52,6 +52,20 @@ def test_smollm2_arithmetic_fits_on_v5e_8(capsys):
   assert all(0 < p["per_chip_bytes"] < p["usable_bytes"] for p in plan["programs"])
 
 
+def test_qwen3_1_7b_fits_on_v5e_8(capsys):
+  """Qwen3 1.7B on 8 v5e chips with the math template: the train step fits because the loss
+  computes the 152k-entry logits 256 positions at a time (whole rows need 16.4 GiB of 15.8)."""
+  code = cli.main(["plan", "--gin_file=runs/rest_em_math.gin", "--gin.BASE_MODEL='qwen3-1.7b'",
+                   "--gin.TASK='gsm8k'", "--gin.MESH=(1, -1, 1)", "--gin.WORKDIR='unused'",
+                   "--topology=v5e-8", "--json", "--no_suggest"])
+  out = capsys.readouterr()
+  assert code == 0, out.err[-2000:]
+  plan = json.loads(out.out)
+  assert plan["fits"] and plan["model"] == "qwen3-1.7b" and plan["params"] == 1_720_574_976
+  assert {p["name"] for p in plan["programs"]} == PROGRAMS
+  assert all(0 < p["per_chip_bytes"] < p["usable_bytes"] for p in plan["programs"])
+
+
 def test_parameter_and_optimizer_memory_agree_with_the_shardings():
   """The compiled train step's arguments are the train state's shards plus the batch's (dims
   chosen as multiples of the TPU's (8, 128) tiles, so layout padding does not blur it)."""
@@ -176,8 +190,11 @@ def test_llama3_8b_with_float32_adamw_on_v5e_4_is_refused_with_a_change_that_fit
   assert code == 0 and json.loads(out)["fits"], err[-2000:]
 
 
-def test_llama3_8b_fits_on_v5p_64_with_both_sample_placements():
-  code, out, err = _plan_child(*MATH_8B, "--topology=v5p-64", "--json", "--no_suggest")
+def test_qwen3_8b_fits_on_v5p_64_with_both_sample_placements():
+  """An 8B model on a pod: Qwen3's (QK-norm, head size 128, untied 152k vocabulary) as
+  BENCHMARKS.md's pod-plans rows run it; llama3-8b's plan is the refused one above."""
+  code, out, err = _plan_child(*MATH_8B, "--gin.BASE_MODEL='qwen3-8b'", "--topology=v5p-64",
+                               "--json", "--no_suggest")
   assert code == 0, err[-2000:]
   plan = json.loads(out)
   assert plan["fits"] and plan["hosts"] == 8 and plan["chips"] == 32

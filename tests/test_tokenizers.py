@@ -213,3 +213,79 @@ def test_bad_tokenizer_files_raise_clear_errors(tmp_path):
   empty.mkdir()
   with pytest.raises(tok_lib.TokenizerError, match="no tokenizer.json"):
     tok_lib.load_tokenizer(empty)
+
+
+# ---------------------------------------------------------------- Qwen3 and Llama 3.2 templates
+# The templates the Qwen3 and Llama 3.2 instruct checkpoints ship (tokenizer_config.json), kept
+# verbatim in tests/chat_templates/.
+
+TEMPLATES = os.path.join(os.path.dirname(__file__), "chat_templates")
+THINKING_MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "What is 2+3?"},
+    {"role": "assistant", "content": "<think>\nTwo plus three.\n</think>\n\n5"},
+    {"role": "user", "content": "And 4*6?"},
+]
+
+
+def _template_tokenizer_dir(tmp_path, template_file, specials, eos):
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+  vocab = {c: i for i, c in enumerate(sorted(tok_lib._bytes_to_unicode().values()))}
+  tok = Tokenizer(models.BPE(vocab, []))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.add_special_tokens(specials)
+  with open(os.path.join(TEMPLATES, template_file), encoding="utf-8") as f:
+    template = f.read()
+  ids = {t: 256 + i for i, t in enumerate(specials)}
+  HFTokenizer(tok, bos_token_id=ids.get("<|begin_of_text|>"), eos_token_id=ids[eos],
+              chat_template=template).save_hf(tmp_path)
+  return str(tmp_path)
+
+
+@pytest.mark.parametrize("thinking", [None, True, False])
+def test_qwen3_template_with_and_without_thinking_matches_transformers(tmp_path, thinking):
+  from transformers import AutoTokenizer
+
+  from rest_jax.tasks.prompts import PromptFormat, TaskPromptDefaults, resolve_prompt_format
+  d = _template_tokenizer_dir(tmp_path, "qwen3.jinja", ["<|endoftext|>", "<|im_start|>",
+                                                        "<|im_end|>", "<think>", "</think>"],
+                              eos="<|im_end|>")
+  ours, ref = tok_lib.load_tokenizer(d), AutoTokenizer.from_pretrained(d)
+  kw = {} if thinking is None else {"enable_thinking": thinking}
+  for messages in (THINKING_MESSAGES, THINKING_MESSAGES[1:2], THINKING_MESSAGES[:3]):
+    for gen in (True, False):
+      expected = ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen, **kw)
+      assert ours.apply_chat_template(messages, add_generation_prompt=gen, **kw) == expected
+  # The prompt format's knob: thinking off ends the prompt with an empty think block.
+  fmt = resolve_prompt_format(PromptFormat(style="chat", thinking=thinking, system="S"),
+                              TaskPromptDefaults(style="chat"))
+  prompt = fmt.render("1+1?", [], ours)
+  assert prompt == ref.apply_chat_template(
+      [{"role": "system", "content": "S"}, {"role": "user", "content": "1+1?"}], tokenize=False,
+      add_generation_prompt=True, **kw)
+  assert prompt.endswith("<think>\n\n</think>\n\n") == (thinking is False)
+
+
+def test_llama3_2_template_matches_transformers(tmp_path):
+  from transformers import AutoTokenizer
+  d = _template_tokenizer_dir(
+      tmp_path, "llama3_2.jinja",
+      ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+       "<|eot_id|>"], eos="<|eot_id|>")
+  ours, ref = tok_lib.load_tokenizer(d), AutoTokenizer.from_pretrained(d)
+  for messages in (MESSAGES, MESSAGES[1:2]):
+    for gen in (True, False):
+      expected = ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+      assert ours.apply_chat_template(messages, add_generation_prompt=gen) == expected
+      assert "Today Date: " in expected
+
+
+def test_thinking_knob_needs_a_template_with_the_switch(smollm2):
+  from rest_jax.tasks.prompts import PromptFormat, TaskPromptDefaults, resolve_prompt_format
+  fmt = resolve_prompt_format(PromptFormat(style="chat", thinking=False),
+                              TaskPromptDefaults(style="chat"))
+  with pytest.raises(ValueError, match="PromptFormat.thinking=False needs a chat template"):
+    fmt.render("1+1?", [], smollm2[0])
+  with pytest.raises(ValueError, match="'chat' style only"):
+    resolve_prompt_format(PromptFormat(style="plain", thinking=True), TaskPromptDefaults())

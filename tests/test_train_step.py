@@ -24,14 +24,14 @@ def _batch(seed=0, batch=8, length=16):
           "decoder_segment_ids": np.ones((batch, length), np.int32)}
 
 
-def _one_step(mesh, params, accum_steps=1, batch=None):
+def _one_step(mesh, params, accum_steps=1, batch=None, loss_chunk_len=None):
   # Adam's first step is about lr * sign(grad): reduction-order noise on near-zero gradients
   # can move a param by up to 2 * lr, so lr is kept small enough for the stated tolerance.
   opt = training.make_optimizer(learning_rate=1e-4, total_steps=10)
   params = jax.device_put(params, params_lib.shardings(mesh, params))
   state = state_lib.create_state(mesh, params, opt)
   step = training.make_train_step(graphdef, opt, state_lib.state_shardings(mesh, params, opt),
-                                  mesh, accum_steps=accum_steps)
+                                  mesh, accum_steps=accum_steps, loss_chunk_len=loss_chunk_len)
   return step(state, batch or _batch())
 
 
@@ -103,6 +103,46 @@ def test_token_nll_and_its_gradient_match_log_softmax():
   grad = jax.grad(lambda x: training.token_nll(x, targets).sum())(logits)
   want_grad = np.exp(logp) - np.eye(11, dtype=np.float32)[targets]
   np.testing.assert_allclose(grad, want_grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("tied,softcap", [(True, None), (False, 30.0)])
+def test_the_chunked_loss_and_its_gradients_equal_whole_rows(tied, softcap):
+  """Logits 4 positions at a time (13 = 3 chunks + padding): the same NLL, and the same
+  gradients into the hidden states and the output projection, as the logits of whole rows."""
+  from rest_jax.models import transformer
+  cfg = CFG.replace(tie_embeddings=tied, final_logit_softcap=softcap)
+  rng = np.random.default_rng(4)
+  hidden = rng.normal(size=(3, 13, cfg.embed_dim)).astype(np.float32)
+  weights = rng.normal(size=(cfg.vocab_size, cfg.embed_dim) if tied
+                       else (cfg.embed_dim, cfg.vocab_size)).astype(np.float32)
+  targets = rng.integers(0, cfg.vocab_size, (3, 13)).astype(np.int32)
+  scale = rng.normal(size=(3, 13)).astype(np.float32)   # a weighted sum, as the loss is
+
+  def loss(chunk):
+    return lambda h, w: (training.chunked_token_nll(cfg, w, h, targets, chunk) * scale).sum()
+
+  whole = lambda h, w: (training.token_nll(transformer.output_logits(cfg, w, h), targets)
+                        * scale).sum()
+  assert training.chunked_token_nll(cfg, weights, hidden, targets, 4).shape == (3, 13)
+  np.testing.assert_allclose(loss(4)(hidden, weights), whole(hidden, weights), rtol=1e-5)
+  got = jax.grad(loss(4), argnums=(0, 1))(hidden, weights)
+  want = jax.grad(whole, argnums=(0, 1))(hidden, weights)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+  # No logits of more than one chunk in the compiled gradient: [3, 13, V] never appears.
+  hlo = jax.jit(jax.grad(loss(4), argnums=(0, 1))).lower(hidden, weights).as_text()
+  assert f"3x13x{cfg.vocab_size}" not in hlo and f"3x16x{cfg.vocab_size}" not in hlo
+  assert f"3x4x{cfg.vocab_size}" in hlo
+
+
+def test_a_train_step_with_the_chunked_loss_equals_whole_rows():
+  mesh = mesh_lib.create_mesh((1, -1, 1))
+  s1, m1 = _one_step(mesh, PARAMS)
+  s4, m4 = _one_step(mesh, PARAMS, loss_chunk_len=4)
+  np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-6)
+  np.testing.assert_allclose(float(m4["grad_norm"]), float(m1["grad_norm"]), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(s4.params), jax.tree.leaves(s1.params)):
+    np.testing.assert_allclose(to_np(a), to_np(b), atol=TOL, rtol=0)
 
 
 def test_a_gin_scope_gives_a_phase_its_own_optimizer(tmp_path):

@@ -7,6 +7,9 @@
   but insists on the `accelerate` package, which is not installed.)
 * Tiny random Qwen2, Llama (untied, Llama 3 RoPE scaling) and Gemma 3 (sliding window shorter
   than the text) models created with transformers and saved with `save_pretrained`.
+* Tiny random Qwen3 (QK-norm, head_dim != hidden / heads) and Llama 3.2-shaped (tied, Llama 3
+  RoPE scaling by 32) models: log-probabilities, greedy tokens, export back to transformers,
+  and the same directory as a Hub cache snapshot loaded through `hf://` offline.
 
 Our side runs sharded over the 8 simulated devices (`load_model`'s default mesh), so the GGUF
 reads here are partial (per-shard rows and columns).
@@ -134,12 +137,20 @@ def _perturbed(model, seed=0):
 
 def _tiny(kind):
   from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
-                            Qwen2Config, Qwen2ForCausalLM)
+                            Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
   common = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
   torch.manual_seed(0)
   if kind == "qwen2":
     return Qwen2ForCausalLM(Qwen2Config(**common, rope_theta=1e6, tie_word_embeddings=True))
+  if kind == "qwen3":  # head_dim 24, not hidden / heads = 16, as in every Qwen3
+    return Qwen3ForCausalLM(Qwen3Config(**common, head_dim=24, rope_theta=1e6,
+                                        tie_word_embeddings=True))
+  if kind == "llama3.2":
+    return LlamaForCausalLM(LlamaConfig(
+        **common, head_dim=16, tie_word_embeddings=True, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}))
   if kind == "llama":
     return LlamaForCausalLM(LlamaConfig(
         **common, head_dim=16, tie_word_embeddings=False, rope_theta=500000.0,
@@ -169,14 +180,18 @@ def test_tiny_random_hf_models_match_transformers(kind, tmp_path):
                              atol=TINY_ATOL, rtol=0)
 
 
-def _write_qwen2_gguf(model, path):
-  """A tiny Qwen2 GGUF (some tensors Q8_0), with a byte-level BPE vocabulary and 3 merges."""
+def _write_qwen2_gguf(model, path, arch="qwen2"):
+  """A tiny Qwen2 (or Qwen3) GGUF (some tensors Q8_0), with a byte-level BPE vocabulary and 3
+  merges."""
   import gguf
 
   from rest_jax.models.gguf_import import _LAYER_NAMES, _LAYER_NAMES_PLAIN
   from rest_jax.tokenizers import _bytes_to_unicode
   c = model.config
-  w = gguf.GGUFWriter(str(path), "qwen2")
+  w = gguf.GGUFWriter(str(path), arch)
+  if arch == "qwen3":  # llama.cpp writes the head size when it is not hidden / heads
+    w.add_key_length(c.head_dim)
+    w.add_value_length(c.head_dim)
   w.add_block_count(c.num_hidden_layers)
   w.add_context_length(c.max_position_embeddings)
   w.add_embedding_length(c.hidden_size)
@@ -233,3 +248,122 @@ def test_tiny_qwen2_gguf_matches_transformers(tmp_path):
   assert ours.tokenizer.token_to_id("Ġthe") in ids
   np.testing.assert_allclose(_ours_logits(ours, ids), _ref_logits(ref, ids), atol=TINY_ATOL,
                              rtol=0)
+
+
+def test_tiny_qwen3_gguf_matches_transformers(tmp_path):
+  """Qwen3 GGUF: QK-norm tensors, head size from `key_length`, no Q/K permutation."""
+  model = _perturbed(_tiny("qwen3"), seed=4)
+  path = tmp_path / "tiny-qwen3.gguf"
+  _write_qwen2_gguf(model, path, arch="qwen3")
+  ours = load_model(str(path))
+  assert ours.config.family == "qwen3" and ours.config.qk_norm and ours.config.head_dim == 24
+  ref = _hf_model_from_gguf(model.config, str(path))
+  ids = ours.tokenizer.encode("the then 12345 héllo  the")
+  np.testing.assert_allclose(_ours_logits(ours, ids), _ref_logits(ref, ids), atol=TINY_ATOL,
+                             rtol=0)
+
+
+# ---------------------------------------------------------------- Qwen3 and Llama 3.2, through hf://
+
+LOGPROB_ATOL = 1e-4
+
+
+def _log_probs(logits, ids):
+  """log p(ids[t+1] | ids[:t+1]) from [T, V] logits."""
+  logits = np.asarray(logits, np.float64)
+  lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+  return logits[np.arange(len(ids) - 1), ids[1:]] - lse[:-1]
+
+
+def _torch_greedy(model, prompt, n, stops):
+  ids, out = list(prompt), []
+  for _ in range(n):
+    nxt = int(_ref_logits(model, ids)[-1].argmax())
+    if nxt in stops:
+      break
+    out.append(nxt)
+    ids.append(nxt)
+  return out
+
+
+def _as_hub_snapshot(src, hf_home, repo, commit):
+  """`src`'s files laid out as huggingface_hub's cache holds `repo` at `commit` (main)."""
+  import shutil
+  root = hf_home / "hub" / ("models--" + repo.replace("/", "--"))
+  shutil.copytree(src, root / "snapshots" / commit)
+  (root / "refs").mkdir()
+  (root / "refs" / "main").write_text(commit)
+
+
+@pytest.fixture(scope="module", params=["qwen3", "llama3.2"])
+def new_family(request, tmp_path_factory):
+  model = _perturbed(_tiny(request.param), seed=5)
+  model.config._attn_implementation = "eager"
+  path = tmp_path_factory.mktemp(request.param.replace(".", ""))
+  model.save_pretrained(path)
+  _tiny_tokenizer().save_hf(path)
+  return request.param, model, path
+
+
+def test_new_families_match_transformers(new_family, tmp_path):
+  """Log-probabilities within 1e-4, greedy tokens equal, and the export loads back."""
+  import jax
+  from transformers import AutoModelForCausalLM
+
+  from rest_jax.models.hf_export import export_hf
+  from rest_jax.runtime import mesh as mesh_lib
+  from rest_jax.sampling.sampler import Sampler, SamplingParams
+  kind, ref, path = new_family
+  ours = load_hf(str(path))
+  if kind == "qwen3":
+    assert ours.config.family == "qwen3" and ours.config.qk_norm
+    assert ours.config.head_dim == 24 != ours.config.embed_dim // ours.config.num_heads
+  else:
+    assert ours.config.tie_embeddings and ours.config.rope_scaling.factor == 32.0
+  ids = np.random.default_rng(2).integers(0, 320, size=24).tolist()
+  np.testing.assert_allclose(_log_probs(_ours_logits(ours, ids), ids),
+                             _log_probs(_ref_logits(ref, ids), ids), atol=LOGPROB_ATOL, rtol=0)
+
+  # Greedy through the sampler (prefill + cached decode), against full forwards in torch.
+  mesh = mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1])
+  one = load_hf(str(path), mesh)
+  tok = one.tokenizer
+  prompts = [tok.encode("héllo wörld"), tok.encode("12 + 7 =")]
+  sampler = Sampler(one.graphdef, one.config, tok, mesh, num_slots=2, steps_per_dispatch=4,
+                    prompt_buckets=(16,), cache_buckets=(48,))
+  out = sampler.generate(one.params, prompts, num_samples=1, seed=0,
+                         sampling=SamplingParams(temperature=0.0, max_new_tokens=16))
+  for prompt, (c,) in zip(prompts, out):
+    want = _torch_greedy(ref, prompt, 16, set(tok.stop_ids))
+    assert c.tokens == want and len(want) > 0
+
+  export_hf(ours, tmp_path / "export")
+  again = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export"), dtype=torch.float32,
+                                               attn_implementation="eager").eval()
+  assert type(again) is type(ref)
+  np.testing.assert_allclose(_ref_logits(again, ids), _ref_logits(ref, ids), atol=TINY_ATOL,
+                             rtol=0)
+
+
+def test_new_families_load_through_hf_offline(new_family, tmp_path, monkeypatch):
+  """The same directory as a Hub cache snapshot: `hf://` finds it with HF_HUB_OFFLINE=1."""
+  import huggingface_hub.constants
+
+  from rest_jax.models.loading import model_config_of
+  kind, ref, path = new_family
+  commit = "0123456789abcdef0123456789abcdef01234567"
+  _as_hub_snapshot(path, tmp_path, "tiny-org/tiny-" + kind, commit)
+  monkeypatch.setenv("HF_HOME", str(tmp_path))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  # huggingface_hub reads these once, at import.
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+  spec = f"hf://tiny-org/tiny-{kind}"
+  ours = load_model(spec)
+  assert ours.source == f"hf://tiny-org/tiny-{kind}@{commit}"
+  ids = np.random.default_rng(3).integers(0, 320, size=20).tolist()
+  np.testing.assert_allclose(_log_probs(_ours_logits(ours, ids), ids),
+                             _log_probs(_ref_logits(ref, ids), ids), atol=LOGPROB_ATOL, rtol=0)
+  assert load_model(f"{spec}@{commit}").source == ours.source
+  cfg, tok = model_config_of(spec)
+  assert cfg == load_hf(str(path)).config and tok.encode("abc") == ours.tokenizer.encode("abc")

@@ -31,7 +31,7 @@ from rest_jax.commands.errors import CommandError  # one line on stderr, exit st
 def add_arguments(parser):
   parser.add_argument("--model", required=True,
                       help="what `run` takes as LoopConfig.model: a preset, a .gguf file, a "
-                           "Hugging Face directory or a run's checkpoint "
+                           "Hugging Face directory, hf://ORG/NAME[@REVISION] or a run's checkpoint "
                            "(WORKDIR/checkpoints/iter_001)")
   parser.add_argument("--baseline", default=None,
                       help="a second model, evaluated on the same problems with the same draws; "

@@ -13,7 +13,8 @@ import json
 def add_arguments(parser):
   parser.add_argument("--checkpoint", required=True,
                       help="an orbax checkpoint (step directory, or the directory of steps: "
-                           "the latest), a .gguf file, a Hugging Face directory or a preset")
+                           "the latest), a .gguf file, a Hugging Face directory, "
+                           "hf://ORG/NAME[@REVISION] or a preset")
   parser.add_argument("--out", required=True, help="the directory to write")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="dtype of the exported tensors")

@@ -17,8 +17,8 @@ from rest_jax.commands.errors import CommandError  # one line on stderr, exit st
 
 def add_arguments(parser):
   parser.add_argument("--model", required=True,
-                      help="a preset name, a .gguf file, a Hugging Face directory or an orbax "
-                           "checkpoint")
+                      help="a preset name, a .gguf file, a Hugging Face directory, "
+                           "hf://ORG/NAME[@REVISION] or an orbax checkpoint")
   parser.add_argument("--text", required=True, help="the text to score")
   parser.add_argument("--chat", action="store_true",
                       help="wrap the text as one user message with the model's chat template")

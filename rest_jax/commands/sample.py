@@ -26,7 +26,7 @@ def _mesh_shape(text: str) -> tuple[int, ...]:
 def add_arguments(parser):
   parser.add_argument("--model", required=True,
                       help="a preset (smollm2-135m, gemma3-270m, tiny, ...), a .gguf file, a "
-                           "Hugging Face directory or an orbax checkpoint")
+                           "Hugging Face directory, hf://ORG/NAME[@REVISION] or an orbax checkpoint")
   parser.add_argument("--prompt", action="append", required=True,
                       help="prompt text; repeat the flag for several prompts")
   parser.add_argument("--num_samples", "-k", type=int, default=1, help="samples per prompt (K)")

@@ -18,8 +18,9 @@ def add_arguments(parser):
                       help="a JSONL file, a glob, or the WORKDIR of a run (its "
                            "iter_*/samples/shard-*.jsonl); repeatable")
   parser.add_argument("--model", required=True,
-                      help="the backbone to start from: a preset, .gguf, Hugging Face directory "
-                           "or orbax checkpoint (usually the policy's base model)")
+                      help="the backbone to start from: a preset, .gguf, Hugging Face directory, "
+                           "hf://ORG/NAME[@REVISION] or orbax checkpoint (usually the policy's "
+                           "base model)")
   parser.add_argument("--output", required=True, help="the checkpoint directory to write")
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--batch_size", type=int, default=32)

@@ -144,9 +144,11 @@ def _abstract_params(cfg, mesh):
                                 abstract, sh)
 
 
-def plan_train(cfg, graphdef, params, mesh, slice_, *, batch, seq, accum, steps=1000):
+def plan_train(cfg, graphdef, params, mesh, slice_, *, batch, seq, accum, loss_chunk_len=None,
+               steps=1000):
   chip = slice_.chip
-  _, shardings, step = improve._train_step(graphdef, params, mesh, steps, accum)  # pylint: disable=protected-access
+  _, shardings, step = improve._train_step(graphdef, params, mesh, steps, accum,  # pylint: disable=protected-access
+                                           loss_chunk_len)
   opt = training.make_optimizer(total_steps=steps)
   state = state_lib.abstract_state(mesh, params, opt)
   sh = mesh_lib.batch_sharding(mesh, 2)
@@ -284,7 +286,8 @@ def plan_run(topology: str, num_slices: int = 1, mesh_shape=None,
   programs = []
   if only is None or "train_step" in only:
     programs.append(plan_train(cfg, graphdef, params, mesh, slice_, batch=icfg.batch_size,
-                               seq=icfg.seq_len, accum=icfg.accum_steps))
+                               seq=icfg.seq_len, accum=icfg.accum_steps,
+                               loss_chunk_len=icfg.loss_chunk_len))
   if only is not None and "sampler" not in only:
     return Plan(topology, slice_, dict(mesh.shape), loop.model, cfg.num_params(), programs)
   if tokenizer is None:

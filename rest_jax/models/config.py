@@ -1,4 +1,4 @@
-"""One config dataclass for the Llama, Qwen2 and Gemma 3 families, and the named presets."""
+"""One config dataclass for the Llama, Qwen2, Qwen3 and Gemma 3 families, and the named presets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-Family = Literal["llama", "qwen2", "gemma3"]
+Family = Literal["llama", "qwen2", "qwen3", "gemma3"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +159,34 @@ PRESETS: dict[str, ModelConfig] = {
         num_kv_heads=8, head_dim=128, mlp_dim=14336, max_seq_len=131072,
         rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=False,
         rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)),
+    # Llama 3.2: Llama 3.1's RoPE scaling (factor 32), tied embeddings.
+    "llama3.2-1b": ModelConfig(
+        family="llama", vocab_size=128256, num_layers=16, embed_dim=2048, num_heads=32,
+        num_kv_heads=8, head_dim=64, mlp_dim=8192, max_seq_len=131072, rope_theta=500_000.0,
+        norm_eps=1e-5, tie_embeddings=True,
+        rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)),
+    "llama3.2-3b": ModelConfig(
+        family="llama", vocab_size=128256, num_layers=28, embed_dim=3072, num_heads=24,
+        num_kv_heads=8, head_dim=128, mlp_dim=8192, max_seq_len=131072, rope_theta=500_000.0,
+        norm_eps=1e-5, tie_embeddings=True,
+        rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)),
+    # Qwen3 dense: RMSNorm on each head's queries and keys, head_dim 128 whatever the width.
+    "qwen3-0.6b": ModelConfig(
+        family="qwen3", vocab_size=151936, num_layers=28, embed_dim=1024, num_heads=16,
+        num_kv_heads=8, head_dim=128, mlp_dim=3072, max_seq_len=40960, rope_theta=1_000_000.0,
+        tie_embeddings=True, qk_norm=True),
+    "qwen3-1.7b": ModelConfig(
+        family="qwen3", vocab_size=151936, num_layers=28, embed_dim=2048, num_heads=16,
+        num_kv_heads=8, head_dim=128, mlp_dim=6144, max_seq_len=40960, rope_theta=1_000_000.0,
+        tie_embeddings=True, qk_norm=True),
+    "qwen3-4b": ModelConfig(
+        family="qwen3", vocab_size=151936, num_layers=36, embed_dim=2560, num_heads=32,
+        num_kv_heads=8, head_dim=128, mlp_dim=9728, max_seq_len=40960, rope_theta=1_000_000.0,
+        tie_embeddings=True, qk_norm=True),
+    "qwen3-8b": ModelConfig(
+        family="qwen3", vocab_size=151936, num_layers=36, embed_dim=4096, num_heads=32,
+        num_kv_heads=8, head_dim=128, mlp_dim=12288, max_seq_len=40960, rope_theta=1_000_000.0,
+        tie_embeddings=False, qk_norm=True),
     "qwen2.5-0.5b": ModelConfig(
         family="qwen2", vocab_size=151936, num_layers=24, embed_dim=896, num_heads=14,
         num_kv_heads=2, head_dim=64, mlp_dim=4864, max_seq_len=32768, rope_theta=1_000_000.0,

@@ -2,7 +2,7 @@
 
 `GGUFModel(path)` parses the header and metadata (`tokenizers.gguf_file.GGUFFile`) and
 memory-maps the tensor data; `config()` builds the `ModelConfig` from the metadata (architecture -> family:
-`llama`, `qwen2`, `gemma3`), `tokenizer()` the tokenizer, and the model itself is a
+`llama`, `qwen2`, `qwen3`, `gemma3`), `tokenizer()` the tokenizer, and the model itself is a
 `TensorSource` that presents the tensors under their Hugging Face names and layout,
 dequantised with the `gguf` package (every type it implements: F32, F16, BF16, Q4_0/1,
 Q5_0/1, Q8_0, the K-quants, ...).
@@ -32,7 +32,7 @@ from rest_jax.tokenizers.gguf_file import GGUFFile, GGUFFormatError, GGUFTensorI
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3"}
+FAMILIES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3"}
 
 # Hugging Face name suffix (after `model.layers.{i}.`) -> GGUF name suffix (after `blk.{i}.`).
 _LAYER_NAMES = {
@@ -125,6 +125,7 @@ class GGUFModel:
         norm_eps=_f32(self.get(f"{a}.attention.layer_norm_rms_epsilon") or 1e-6),
         tie_embeddings="output.weight" not in self._tensors,
         qkv_bias="blk.0.attn_q.bias" in self._tensors,
+        qk_norm="blk.0.attn_q_norm.weight" in self._tensors,
         rope_scaling=self._rope_scaling(head_dim),
     )
     if self.family == "gemma3":

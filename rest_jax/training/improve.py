@@ -38,6 +38,9 @@ class ImproveConfig:
 
   steps: exact number of optimizer steps; when None, `epochs` passes over the packed rows
     (at least `min_steps`, at most `max_steps`).
+  loss_chunk_len: the loss computes the output logits this many positions at a time, so a
+    large vocabulary's [rows, seq_len, vocab] logits never exist whole (`chunked_token_nll`;
+    one more pass of the output projection). None: whole rows.
   """
 
   steps: int | None = None
@@ -47,6 +50,7 @@ class ImproveConfig:
   batch_size: int = 16
   seq_len: int = 256
   accum_steps: int = 1
+  loss_chunk_len: int | None = 256
   checkpoint_every: int = 50
   # 'numpy' packs without TensorFlow; 'seqio' runs seqio's feature converter (identical rows,
   # tested in tests/test_tasks_sft.py).
@@ -63,15 +67,17 @@ def num_steps(cfg: ImproveConfig, num_rows: int) -> int:
 _STEPS: dict = {}
 
 
-def _train_step(graphdef, params, mesh, steps: int, accum_steps: int):
+def _train_step(graphdef, params, mesh, steps: int, accum_steps: int,
+                loss_chunk_len: int | None = None):
   """(optimizer, state shardings, step fn), built once per budget and gin scope: later Improve
   phases of the same length reuse the compiled step (a scope may set its own optimizer)."""
-  key = (graphdef, mesh, steps, accum_steps, gin.current_scope_str())
+  key = (graphdef, mesh, steps, accum_steps, loss_chunk_len, gin.current_scope_str())
   if key not in _STEPS:
     optimizer = training.make_optimizer(total_steps=steps)
     shardings = state_lib.state_shardings(mesh, params, optimizer)
     _STEPS[key] = (optimizer, shardings,
-                   training.make_train_step(graphdef, optimizer, shardings, mesh, accum_steps))
+                   training.make_train_step(graphdef, optimizer, shardings, mesh, accum_steps,
+                                            loss_chunk_len))
   return _STEPS[key]
 
 
@@ -90,7 +96,7 @@ def improve(*, name: str, graphdef, init_params, examples: Sequence, tokenizer, 
                      process_count=process_count)
   steps = num_steps(cfg, packed.num_rows)
   optimizer, shardings, step_fn = _train_step(graphdef, init_params, mesh, steps,
-                                              cfg.accum_steps)
+                                              cfg.accum_steps, cfg.loss_chunk_len)
 
   manager = ckpt_lib.CheckpointManager(checkpoint_dir, max_to_keep=1)
   start = manager.latest_step()

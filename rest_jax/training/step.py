@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from rest_jax.models import transformer
 from rest_jax.runtime import mesh as mesh_lib
 from rest_jax.training import state as state_lib
 
@@ -56,12 +57,40 @@ def token_nll(logits_BxLxV, targets_BxL):
   return jax.nn.logsumexp(logits, axis=-1) - picked
 
 
-def loss_and_metrics(graphdef, params, batch):
+def chunked_token_nll(cfg, weights, hidden_BxLxD, targets_BxL, chunk_len: int | None):
+  """`token_nll` of the output logits, `chunk_len` positions at a time.
+
+  The [B, L, V] float32 logits of a large vocabulary are the largest buffer of a train step
+  (Qwen3's 152k entries at 16 rows x 1024 positions per chip: 10 GB, and their gradient as
+  much again). Here they exist one chunk at a time: a rematerialised scan over chunks computes
+  each chunk's logits, its NLL and, in the backward pass, its logits again, so the step holds
+  [B, chunk_len, V] at most, for one more pass of the output projection.
+  """
+  b, length, d = hidden_BxLxD.shape
+  if not chunk_len or length <= chunk_len:
+    return token_nll(transformer.output_logits(cfg, weights, hidden_BxLxD), targets_BxL)
+  n = -(-length // chunk_len)
+  pad = n * chunk_len - length
+  h = jnp.pad(hidden_BxLxD, ((0, 0), (0, pad), (0, 0)))
+  t = jnp.pad(targets_BxL, ((0, 0), (0, pad)))
+  h_NxBxCxD = h.reshape(b, n, chunk_len, d).swapaxes(0, 1)
+  t_NxBxC = t.reshape(b, n, chunk_len).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one(w, h_BxCxD, t_BxC):
+    return token_nll(transformer.output_logits(cfg, w, h_BxCxD), t_BxC)
+
+  _, nll_NxBxC = jax.lax.scan(lambda c, xs: (c, one(weights, *xs)), None, (h_NxBxCxD, t_NxBxC))
+  return nll_NxBxC.swapaxes(0, 1).reshape(b, n * chunk_len)[:, :length]
+
+
+def loss_and_metrics(graphdef, params, batch, loss_chunk_len: int | None = None):
   """Weighted completion NLL, normalised by the number of completion tokens."""
   model = nnx.merge(graphdef, params)
-  logits, _ = model(batch["decoder_input_tokens"], batch.get("decoder_positions"),
-                    segment_ids_BxL=batch.get("decoder_segment_ids"))
-  nll_BxL = token_nll(logits, batch["decoder_target_tokens"])
+  hidden, _ = model(batch["decoder_input_tokens"], batch.get("decoder_positions"),
+                    segment_ids_BxL=batch.get("decoder_segment_ids"), return_hidden=True)
+  nll_BxL = chunked_token_nll(model.config, model.output_weights(), hidden,
+                              batch["decoder_target_tokens"], loss_chunk_len)
   weights = batch["decoder_loss_weights"].astype(jnp.float32)
   tokens = jnp.sum(weights > 0)
   loss_sum = jnp.sum(nll_BxL * weights)
@@ -69,16 +98,19 @@ def loss_and_metrics(graphdef, params, batch):
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation,
-                    state_shardings: state_lib.TrainState, mesh, accum_steps: int = 1
-                    ) -> Callable:
+                    state_shardings: state_lib.TrainState, mesh, accum_steps: int = 1,
+                    loss_chunk_len: int | None = None) -> Callable:
   """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and donation.
 
   With `accum_steps > 1` the global batch is split into that many micro-batches whose gradients
   are summed in a scan before one optimizer update (same result, less activation memory).
+  `loss_chunk_len`: the loss computes the output logits that many positions at a time
+  (`chunked_token_nll`); None: whole rows.
   """
 
   def grads_of(params, batch):
-    grad_fn = jax.grad(lambda p, b: loss_and_metrics(graphdef, p, b), has_aux=True)
+    grad_fn = jax.grad(lambda p, b: loss_and_metrics(graphdef, p, b, loss_chunk_len),
+                       has_aux=True)
     if accum_steps == 1:
       return grad_fn(params, batch)
 
