@@ -26,8 +26,17 @@ def run_cmd(flags, workdir) -> list[str]:
   return [sys.executable, "-m", "rest_jax.cli", "run", *flags, f"--gin.WORKDIR='{workdir}'"]
 
 
+# One persistent compilation cache for every run the tests start: they share the demo's
+# shapes, so most of their programs compile once per session instead of once per run.
+COMPILATION_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                 f"rest_jax_test_cache_{os.getuid()}")
+
+
 def two_device_env() -> dict:
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+              JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 def run(flags, workdir, env=None):
