@@ -19,7 +19,9 @@ from rest_jax.models import params as params_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Timings: they differ between any two runs.
-_TIMING_COUNTS = ("sample_s", "verify_s", "tokens_per_s", "verdicts_per_s")
+_TIMING_COUNTS = ("sample_s", "verify_s", "wall_s", "tokens_per_s", "verdicts_per_s")
+# What this process (process 0 writes the metrics) verified: its share, by process count.
+_PROCESS_COUNTS = ("verified",)
 
 
 def run_cmd(flags, workdir) -> list[str]:
@@ -89,6 +91,6 @@ def metrics(workdir, stage) -> dict:
   """<stage>/metrics.json without its timings."""
   m = read_json(workdir, f"{stage}/metrics.json")
   m.pop("times", None)
-  for k in _TIMING_COUNTS:
+  for k in _TIMING_COUNTS + _PROCESS_COUNTS:
     m.get("counts", {}).pop(k, None)
   return m

@@ -88,6 +88,12 @@ def _kept(workdir):
   return rows
 
 
+def _verified_share(workdir) -> float:
+  """The share of Generate's completions that process 0's verifier pool checked."""
+  counts = rh.read_json(workdir, "iter_001/counts.json")["counts"]
+  return counts["verified"] / counts["completions"]
+
+
 def _assert_same_run(a, b, atol):
   assert _kept(a) == _kept(b)
   for stage in STAGES:
@@ -123,17 +129,22 @@ def test_two_processes_equal_one_process(two_processes, one_process):
   # gradients that last-bit noise can move a weight by a fraction of the learning rate
   # (1e-3) per step (see test_train_step.py): seen up to 1.3e-5 after 24 steps.
   _assert_same_run(two_processes, one, atol=2e-4)
+  # Each process verified its own shards' completions, on its own CPUs.
+  assert _verified_share(one) == 1.0 and _verified_share(two_processes) == 0.5
 
 
 def test_global_sample_placement_equals_one_process(one_process, tmp_path):
   """Both processes sample every shard together on the global mesh (their schedulers in
-  lockstep), process 0 verifies and writes it: the run is that of one process."""
+  lockstep), each verifies half of its completions, process 0 gathers the verdicts and writes
+  it: the run is that of one process."""
   workdir = tmp_path / "global"
   results = _wait(_launch(workdir, 2, 4, extra=["--gin.LoopConfig.sample_placement='global'"]))
   for i, (rc, err) in enumerate(results):
     assert rc == 0, f"process {i}: exit {rc}\n{err[-3000:]}"
   assert "Generate runs on the global mesh, all processes together" in results[0][1]
   _assert_same_run(workdir, one_process, atol=2e-4)
+  # Every shard was sampled by both together; each verified half of its completions.
+  assert _verified_share(workdir) == 0.5
 
 
 def _start_and_wait_for(workdir, marker, timeout=600):

@@ -225,6 +225,21 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
 
 
+def allgather_json(obj) -> list:
+  """Every process's `obj` (JSON-serialisable), in process order (a collective call)."""
+  if process_count() == 1:
+    return [obj]
+  import json
+
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64)))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+  return [json.loads(row[:int(n)].tobytes()) for row, n in zip(rows, sizes.reshape(-1))]
+
+
 def my_items(count: int) -> list[int]:
   """The indices in range(count) this process handles: i % process_count == process_index."""
   return list(range(process_index(), count, process_count()))
