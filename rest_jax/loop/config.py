@@ -22,8 +22,8 @@ class LoopConfig:
   """Settings of a ReST-EM run (the paper's values in brackets).
 
   model: what `rest-jax --model` takes: a preset, a .gguf file, a Hugging Face directory,
-    `hf://ORG/NAME[@REVISION]` (the Hub; pin a commit for a run that must resume exactly) or
-    an orbax checkpoint.
+    `hf://ORG/NAME[@REVISION]` (the Hub; the run's base checkpoint records the commit) or an
+    orbax checkpoint.
   mode: 'rest_em' (the loop), or 'sft_human' (only the SFT-on-human-data baseline).
   restart_from_base: ReST-EM fine-tunes the base model each iteration [True]; False
     warm-starts from the previous iteration's policy.
