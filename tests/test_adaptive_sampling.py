@@ -408,3 +408,43 @@ def test_an_adaptive_iteration_end_to_end(tmp_path):
   assert "iter_001/samples/round_01" in state["shards"]
   metrics = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert any(m.get("rounds") == counts["rounds"] and "budget_tokens" in m for m in metrics)
+
+
+def test_verifying_while_the_next_shard_samples_gives_the_same_shards(tmp_path, monkeypatch):
+  """`overlap=True` (LoopConfig.verify_overlap): the same rows and counts as verifying each
+  shard in turn; `record` never names a shard before its file is written; and a preemption
+  request keeps the shard being verified."""
+  from rest_jax.runtime import preemption
+  problems = PROBLEMS * 1 + [Problem(id=f"r{i}", prompt=f"{i} * 2 =", reference="0",
+                                     verifier="math") for i in range(6)]
+  in_turn, s1 = generate.run_shards(problems, tmp_path / "a", prompts_per_shard=4, desc="a",
+                                    num_samples=2, **_shared(_Pool()))
+  seen = []
+  shard_dir = epath.Path(tmp_path / "b")
+
+  def record(done):
+    seen.append(done)
+    assert all(any(shard_dir.glob(f"shard-{i:05d}-*")) for i in done), done
+
+  pool = _Pool()
+  overlapped, s2 = generate.run_shards(problems, shard_dir, prompts_per_shard=4, desc="b",
+                                       num_samples=2, record=record, overlap=True,
+                                       **_shared(pool))
+  assert _key(overlapped) == _key(in_turn) and pool.items == len(in_turn) == 24
+  assert s2["completions"] == s1["completions"] == s2["verified"] == 24
+  assert seen[-1] == [0, 1, 2] and seen[0] == [0]   # one round behind, then all of them
+
+  # A stop request after the first round: the shard verified meanwhile is written too.
+  checks = []
+
+  def check(where):
+    checks.append(where)
+    if len(checks) == 2:
+      raise preemption.Preempted(where)
+
+  monkeypatch.setattr(preemption, "check", check)
+  with pytest.raises(preemption.Preempted):
+    generate.run_shards(problems, tmp_path / "c", prompts_per_shard=4, desc="c", num_samples=2,
+                        overlap=True, **_shared(_Pool()))
+  assert sorted(p.name for p in epath.Path(tmp_path / "c").iterdir()) == [
+      f"shard-{i:05d}-of-00003.jsonl" for i in (0, 1)]

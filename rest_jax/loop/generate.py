@@ -3,13 +3,15 @@
 A shard is a fixed slice of the problems. Its file is written (atomically) only once every
 completion in it is sampled and verified, so a killed run redoes at most the shards it was in
 the middle of; with several processes each runs its own shards. Sampling draws sample j of problem p
-from (seed, key(p), j), so a redone shard yields the same completions. A shard's completions
-are verified, on every process's own CPUs, while the next shard samples.
+from (seed, key(p), j), so a redone shard yields the same completions. Every process verifies
+on its own CPUs; with `overlap` (`LoopConfig.verify_overlap`), a shard's completions are
+verified while the next shard samples.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import time
@@ -100,7 +102,11 @@ class _Verifying:
       finally:
         self.seconds = time.time() - t0
 
-    self.future = executor.submit(run)
+    if executor is None:  # in turn, in this thread
+      self.future = concurrent.futures.Future()
+      self.future.set_result(run())
+    else:
+      self.future = executor.submit(run)
 
   def verdicts(self, lockstep: bool) -> list[Verdict]:
     """Every completion's verdict (in `global` placement, gathered from all processes: every
@@ -117,7 +123,7 @@ class _Verifying:
 
 
 def run_shards(problems: Sequence, out_dir, *, prompts_per_shard: int, desc: str,
-               record: Callable[[list[int]], None] | None = None, pool, overlap: bool = True,
+               record: Callable[[list[int]], None] | None = None, pool, overlap: bool = False,
                **kwargs) -> tuple[list[dict], dict]:
   """Runs every shard not yet done, then returns all rows (read back from the shard files).
 
@@ -125,7 +131,8 @@ def run_shards(problems: Sequence, out_dir, *, prompts_per_shard: int, desc: str
   after a barrier every process reads all of them. When the sampler's mesh spans the
   processes (`global` placement) they instead sample every shard together, each verifies its
   share of the completions on its own CPUs, and process 0 gathers the verdicts and writes the
-  shard. With `overlap`, shard s is verified while shard s + 1 samples. A shard is done when
+  shard. With `overlap`, shard s is verified (by a thread feeding the verifier processes)
+  while shard s + 1 samples; without, each shard is verified after it samples. A shard is done when
   its file exists (it is written atomically, so a file is always whole). After each round of
   shards every process checks for a preemption request together, then `record(shard indices
   written)` runs (the loop notes them in `state.json`). `kwargs` go to `sample`
@@ -157,7 +164,8 @@ def run_shards(problems: Sequence, out_dir, *, prompts_per_shard: int, desc: str
     bar.set_postfix(tok_s=f"{totals['new_tokens'] / max(totals['sample_s'], 1e-9):.0f}",
                     pass_rate=f"{passed / max(len(rows), 1):.2f}")
 
-  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="verify") as executor:
+  with (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="verify") if overlap
+        else contextlib.nullcontext()) as executor:
     try:
       for first in range(0, count, nproc):
         s = first + me

@@ -207,7 +207,7 @@ class Loop:
         desc=f"{stage}/{name}", record=self._record_shards(f"{stage}/{name}"),
         sampler=self.sampler, params=self._sampling_params(params),
         tokenizer=self.model.tokenizer, pool=self.pool, num_samples=num_samples,
-        sampling=self._sampling(greedy), seed=seed)
+        sampling=self._sampling(greedy), seed=seed, overlap=self.cfg.verify_overlap)
     return rows, stats
 
   def _sample_adaptive(self, stage: str, problems, params, seed: int):
@@ -217,7 +217,7 @@ class Loop:
         prompts_per_shard=self.cfg.prompts_per_shard, desc=stage,
         record=lambda sub: self._record_shards(f"{stage}/{sub}"), sampler=self.sampler,
         params=self._sampling_params(params), tokenizer=self.model.tokenizer, pool=self.pool,
-        sampling=self._sampling(), seed=seed)
+        sampling=self._sampling(), seed=seed, overlap=self.cfg.verify_overlap)
 
   def _evaluate(self, stage: str, params, extra: dict) -> dict:
     """Held-out (sampled + greedy) and train-split metrics; writes STAGE/metrics.json."""
