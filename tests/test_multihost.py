@@ -135,10 +135,11 @@ def test_two_processes_equal_one_process(two_processes, one_process):
 
 def test_global_sample_placement_equals_one_process(one_process, tmp_path):
   """Both processes sample every shard together on the global mesh (their schedulers in
-  lockstep), each verifies half of its completions, process 0 gathers the verdicts and writes
-  it: the run is that of one process."""
+  lockstep), each verifies half of its completions while the next shard samples, process 0
+  gathers the verdicts and writes it: the run is that of one process."""
   workdir = tmp_path / "global"
-  results = _wait(_launch(workdir, 2, 4, extra=["--gin.LoopConfig.sample_placement='global'"]))
+  results = _wait(_launch(workdir, 2, 4, extra=["--gin.LoopConfig.sample_placement='global'",
+                                                 "--gin.LoopConfig.verify_overlap=True"]))
   for i, (rc, err) in enumerate(results):
     assert rc == 0, f"process {i}: exit {rc}\n{err[-3000:]}"
   assert "Generate runs on the global mesh, all processes together" in results[0][1]
