@@ -71,15 +71,6 @@ def rows_of(flat: Sequence, verdicts: Sequence[Verdict]) -> list[dict]:
            "extracted": v.extracted, "reason": v.reason} for (p, c), v in zip(flat, verdicts)]
 
 
-def sample_and_verify(problems: Sequence, *, pool, **kwargs) -> tuple[list[dict], dict]:
-  """Rows (one per completion, with its verdict) and timing stats for `problems`, in turn."""
-  flat, stats = sample(problems, **kwargs)
-  t0 = time.time()
-  verdicts = pool.verify([verifier_item(p, c.text) for p, c in flat])
-  return rows_of(flat, verdicts), {**stats, "verify_s": time.time() - t0,
-                                   "completions": len(flat), "verified": len(flat)}
-
-
 class _Verifying:
   """One shard's completions being verified in the background while the next shard samples.
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 import logging
 import re
 
-import numpy as np
-
 from rest_jax.models.weights import WeightsError
 
 log = logging.getLogger(__name__)
@@ -111,20 +109,13 @@ def _commit_of(path: str) -> str:
 def _agree(spec: str, commit: str, error: WeightsError | None) -> None:
   """Every process resolved `spec` to the same commit, or every process raises."""
   from rest_jax.runtime import distributed
-  if distributed.process_count() == 1:
-    if error is not None:
-      raise error
-    return
-  from jax.experimental import multihost_utils
-  mine = np.frombuffer(commit.encode().ljust(40, b"\0")[:40], np.uint8)
-  mine = np.concatenate([mine, np.asarray([error is None], np.uint8)])
-  rows = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 41)
+  rows = distributed.allgather_json([commit, error is None])
   if error is not None:
     raise error
-  failed = [i for i, r in enumerate(rows) if not r[40]]
+  failed = [i for i, (_, ok) in enumerate(rows) if not ok]
   if failed:
     raise WeightsError(f"{spec}: process(es) {failed} could not fetch it (see their logs)")
-  commits = {r[:40].tobytes().rstrip(b"\0").decode() for r in rows}
+  commits = {c for c, _ in rows}
   if len(commits) > 1:
     raise WeightsError(f"{spec}: the processes resolved different commits {sorted(commits)} "
                        "(the revision moved while they downloaded); pin one with "
