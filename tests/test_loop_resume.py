@@ -9,6 +9,7 @@ import pytest
 from etils import epath
 
 import run_helpers as rh
+from rest_jax.runtime import telemetry
 
 SMALL = [
     "--gin_file=runs/demo.gin",
@@ -55,9 +56,12 @@ def test_run_leaves_the_documented_workdir(uninterrupted):
     assert f"| {stage} |" in report
 
 
-def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path):
+def test_killed_and_resumed_run_on_a_bucket_equals_uninterrupted_on_local_disk(uninterrupted,
+                                                                              gcs):
+  """WORKDIR on gs:// (the emulator), SIGKILLed in Generate, Improve and Evaluate, then rerun:
+  the same kept samples, metrics and final parameters as the run on local disk."""
   rng = random.Random(0)
-  workdir = tmp_path / "killed"
+  workdir = epath.Path(gcs.make_bucket("resume")) / "killed"
   markers = [
       # inside Generate: after the first shard file of iteration 1
       lambda wd: (wd / "iter_001" / "samples" / "shard-00000-of-00004.jsonl").exists(),
@@ -78,6 +82,16 @@ def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path):
   for a, b in zip(rh.checkpoint_params(workdir, "iter_002"),
                   rh.checkpoint_params(uninterrupted, "iter_002")):
     np.testing.assert_array_equal(a, b)
+  # On the bucket the rows went to immutable parts (no appends); a resumed run keeps every
+  # stage's evaluation row, as the uninterrupted one has them.
+  objects = gcs.objects("resume", "killed/")
+  assert "killed/metrics.jsonl" not in objects
+  assert any(o.startswith("killed/metrics/part-") for o in objects)
+  assert not any("/." in o or ".tmp" in o for o in objects), "a temporary left on the bucket"
+  def evaluated(rows):
+    return {r["stage"] for r in rows if r.get("phase") == "evaluate"}
+  assert evaluated(telemetry.read_metrics(workdir)) == evaluated(
+      telemetry.read_metrics(uninterrupted))
 
 
 def test_changed_config_is_refused_with_a_diff(uninterrupted):

@@ -46,7 +46,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, nproc: int, devices: int, stdout=subprocess.PIPE, extra=()) -> list:
+def _launch(workdir, nproc: int, devices: int, stdout=subprocess.PIPE, extra=(),
+            hosts_dir=None) -> list:
+  """hosts_dir: each process gets HOME and TMPDIR of its own under it, as TPU VMs have."""
   port = _free_port()
   procs = []
   for i in range(nproc):
@@ -56,6 +58,10 @@ def _launch(workdir, nproc: int, devices: int, stdout=subprocess.PIPE, extra=())
                JAX_COMPILATION_CACHE_DIR=str(_CACHE),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    if hosts_dir is not None:
+      home = epath.Path(hosts_dir) / f"host_{i}"
+      (home / "tmp").mkdir(parents=True, exist_ok=True)
+      env.update(HOME=str(home), TMPDIR=str(home / "tmp"))
     cmd = [sys.executable, "-m", "rest_jax.cli", "run", *SMALL, *extra,
            f"--gin.WORKDIR='{workdir}'"]
     if nproc > 1:
@@ -74,8 +80,8 @@ def _wait(procs, timeout=900) -> list[tuple[int, str]]:
   return out
 
 
-def _run(workdir, nproc, devices, extra=()):
-  results = _wait(_launch(workdir, nproc, devices, extra=extra))
+def _run(workdir, nproc, devices, extra=(), hosts_dir=None):
+  results = _wait(_launch(workdir, nproc, devices, extra=extra, hosts_dir=hosts_dir))
   for i, (rc, err) in enumerate(results):
     assert rc == 0, f"process {i}: exit {rc}\n{err[-3000:]}"
 
@@ -102,10 +108,25 @@ def _assert_same_run(a, b, atol):
     np.testing.assert_allclose(x, y, atol=atol, rtol=0)
 
 
+# What a run writes; none of it may be on a host's own disk when WORKDIR is on a bucket.
+_RUN_FILES = ("shard-", "kept", "metrics", "state.json", "config.gin", "report", "tfevents",
+              "counts.json", "_CHECKPOINT_METADATA", "ocdbt")
+
+
+def _run_files_on_local_disk(hosts_dir) -> list[str]:
+  found = []
+  for root, _, names in os.walk(hosts_dir):
+    found += [os.path.join(root, n) for n in names if any(k in n for k in _RUN_FILES)]
+  return found
+
+
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("two_by_four")
-  _run(workdir, 2, 4)
+def two_processes(tmp_path_factory, gcs):
+  """2 processes, each with its own HOME and TMPDIR, WORKDIR on gs:// (the emulator)."""
+  workdir = epath.Path(gcs.make_bucket("two-by-four")) / "run"
+  hosts = tmp_path_factory.mktemp("two_by_four_hosts")
+  _run(workdir, 2, 4, hosts_dir=hosts)
+  assert _run_files_on_local_disk(hosts) == []
   return workdir
 
 
@@ -117,6 +138,8 @@ def one_process(tmp_path_factory):
 
 
 def test_two_processes_equal_one_process(two_processes, one_process):
+  """per_host placement, WORKDIR on gs://: each process writes its own shards to the bucket
+  and process 0 reads them back from there."""
   one = one_process
   wd = epath.Path(two_processes)
   # Each process wrote its own shards; process 0 alone wrote state and reports.
@@ -133,15 +156,18 @@ def test_two_processes_equal_one_process(two_processes, one_process):
   assert _verified_share(one) == 1.0 and _verified_share(two_processes) == 0.5
 
 
-def test_global_sample_placement_equals_one_process(one_process, tmp_path):
+def test_global_sample_placement_equals_one_process(one_process, tmp_path, gcs):
   """Both processes sample every shard together on the global mesh (their schedulers in
   lockstep), each verifies half of its completions while the next shard samples, process 0
-  gathers the verdicts and writes it: the run is that of one process."""
-  workdir = tmp_path / "global"
+  gathers the verdicts and writes it: the run is that of one process. WORKDIR is on gs://,
+  and each process has a disk of its own that the run leaves nothing on."""
+  workdir = epath.Path(gcs.make_bucket("global")) / "run"
   results = _wait(_launch(workdir, 2, 4, extra=["--gin.LoopConfig.sample_placement='global'",
-                                                 "--gin.LoopConfig.verify_overlap=True"]))
+                                                 "--gin.LoopConfig.verify_overlap=True"],
+                          hosts_dir=tmp_path))
   for i, (rc, err) in enumerate(results):
     assert rc == 0, f"process {i}: exit {rc}\n{err[-3000:]}"
+  assert _run_files_on_local_disk(tmp_path) == []
   assert "Generate runs on the global mesh, all processes together" in results[0][1]
   _assert_same_run(workdir, one_process, atol=2e-4)
   # Every shard was sampled by both together; each verified half of its completions.

@@ -103,11 +103,9 @@ class _DropMessages(logging.Filter):
 
 def write_config(workdir, name: str = "config.gin", text: str | None = None) -> epath.Path:
   """Writes the resolved config atomically to WORKDIR/name."""
+  from rest_jax.runtime import storage
   path = epath.Path(workdir) / name
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f".{name}.tmp"
-  tmp.write_text(gin.config_str() if text is None else text)
-  tmp.replace(path)
+  storage.write_text(path, gin.config_str() if text is None else text)
   return path
 
 

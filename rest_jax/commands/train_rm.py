@@ -42,7 +42,7 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-  import os
+  from etils import epath
 
   from rest_jax.rewards import data as reward_data
   from rest_jax.commands.sample import _mesh_shape
@@ -52,7 +52,8 @@ def main(args) -> int:
       raise CommandError(f"--{name} must be >= 1, got {getattr(args, name)}")
   if not 0.0 <= args.heldout_fraction < 1.0:
     raise CommandError(f"--heldout_fraction must be in [0, 1), got {args.heldout_fraction}")
-  if os.path.isdir(args.output) and os.listdir(args.output):
+  output = epath.Path(args.output)
+  if output.is_dir() and any(output.iterdir()):
     raise CommandError(f"--output {args.output} exists and is not empty; choose a new "
                        "directory")
   examples, files = reward_data.read_inputs(args.input)   # RewardDataError: one line (cli)

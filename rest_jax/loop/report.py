@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from typing import Mapping, Sequence
 
 from etils import epath
 
+from rest_jax.runtime import storage
 from rest_jax.runtime import workdir as workdir_lib
 
 
@@ -103,11 +105,10 @@ def plot(rows: Sequence[Mapping], path, method: str = "ReST-EM") -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  tmp = epath.Path(path).parent / ".report.png.tmp"
-  with tmp.open("wb") as f:
-    fig.savefig(f, format="png")
-  tmp.replace(path)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
   plt.close(fig)
+  storage.write_bytes(path, buf.getvalue())
 
 
 def write(workdir, rows: Sequence[Mapping], title: str, ks: Sequence[int],

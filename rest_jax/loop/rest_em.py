@@ -79,6 +79,8 @@ class Loop:
 
   def _mark(self, step: str):
     """Records `step` as finished; no process goes on until every process got here."""
+    if self.metrics is not None:
+      self.metrics.flush()   # the step's rows are durable before the step is recorded
     self.state.mark(step)
     self._save_state()
     dist.barrier(step)
@@ -386,6 +388,8 @@ class Loop:
       return self._run()
     finally:
       self.pool.close()
+      if self.metrics is not None:
+        self.metrics.close()
 
   def _run(self) -> dict:
     c = self.cfg

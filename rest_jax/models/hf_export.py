@@ -16,8 +16,10 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 
 from rest_jax.models import safetensors_io
+from rest_jax.runtime import storage
 from rest_jax.models.config import ModelConfig
 from rest_jax.models.hf_import import config_from_hf
 from rest_jax.models.weights import WeightsError, export_tensors, host_dtype
@@ -126,6 +128,14 @@ def export_hf(model, out_dir: str | os.PathLike, *, config: ModelConfig | None =
   if config is None:
     raise ValueError("export_hf needs the ModelConfig of bare params (config=...)")
   out_dir = str(out_dir)
+  if storage.is_remote(out_dir):
+    # safetensors is written by seeking; a bucket gets the finished files, config.json last
+    # (a reader that finds it finds the weights).
+    with tempfile.TemporaryDirectory(prefix="rest_jax_export_") as local:
+      export_hf(params, local, config=config, tokenizer=tokenizer, dtype=dtype)
+      storage.upload_tree(local, out_dir, last=("config.json",))
+    log.info("uploaded the export to %s", out_dir)
+    return out_dir
   os.makedirs(out_dir, exist_ok=True)
   np_dtype = host_dtype(dtype)
   c = hf_config(config, tokenizer, dtype)

@@ -40,6 +40,7 @@ import jax
 from flax import nnx
 
 from rest_jax.runtime import mesh as mesh_lib
+from rest_jax.runtime import storage
 from rest_jax import tokenizers as tokenizers_lib
 from rest_jax.models import hub
 from rest_jax.models import params as params_lib
@@ -310,6 +311,26 @@ def _is_gguf(path: str) -> bool:
 BYTE_PRESETS = ("tiny", "nano")
 
 
+_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
+
+
+def _local_copy(spec: str, *, weights: bool) -> str | None:
+  """A local copy of a Hugging Face directory or a .gguf file on a bucket (their readers need
+  real files), fetched once per object version into the cache; None for an orbax checkpoint,
+  which is read in place. `weights=False` copies a directory's config and tokenizer only."""
+  from etils import epath
+  p = epath.Path(spec)
+  with storage.errors(spec, "read the model"):
+    if (p / "config.json").exists():
+      return storage.local_copy(spec, names=lambda n: weights or not n.endswith(_WEIGHT_FILES))
+    if _checkpoint_step_dir(spec) is not None:
+      return None
+    if p.exists() and not p.is_dir():
+      return storage.local_copy(spec)   # a .gguf: its header is the config, so all of it
+  raise WeightsError(f"{spec}: neither a Hugging Face directory (config.json), a .gguf file, "
+                     "nor an orbax checkpoint")
+
+
 def load_model(spec: str, mesh=None, *, dtype: str = "float32", seed: int = 0,
                remat: bool = False, compute_dtype: str | None = None,
                attention: str | None = None) -> LoadedModel:
@@ -322,6 +343,13 @@ def load_model(spec: str, mesh=None, *, dtype: str = "float32", seed: int = 0,
   rt = dict(compute_dtype=compute_dtype, attention=attention)
   spec = str(spec)
   mesh = _default_mesh(mesh)
+  if storage.is_remote(spec):
+    local = _local_copy(spec, weights=True)
+    if local is None:   # an orbax checkpoint: tensorstore reads the bucket in place
+      return load_checkpoint(spec, mesh, dtype=dtype, remat=remat, **rt)
+    loaded = load_model(local, mesh, dtype=dtype, seed=seed, remat=remat, **rt)
+    loaded.source = spec
+    return loaded
   if hub.is_hub_spec(spec):
     path, commit = hub.resolve(spec)
     loaded = load_hf(path, mesh, dtype=dtype, remat=remat, **rt)
@@ -365,6 +393,10 @@ def model_config_of(spec: str, *, dtype: str = "float32", compute_dtype: str | N
   from the preset, the GGUF header, `config.json` or the checkpoint's meta. For planning."""
   spec = str(spec)
   rt = dict(compute_dtype=compute_dtype, attention=attention)
+  if storage.is_remote(spec):
+    local = _local_copy(spec, weights=False)
+    if local is not None:
+      return model_config_of(local, dtype=dtype, **rt)
   if hub.is_hub_spec(spec):  # the config and tokenizer only: planning reads no weights.
     from rest_jax.models.hf_import import config_from_hf, read_json
     path, _ = hub.resolve(spec, weights=False)

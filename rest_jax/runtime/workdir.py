@@ -1,29 +1,23 @@
 """The run's directory: paths, atomic writes, and `state.json`.
 
-Every file is written to a temporary name and renamed, so a run killed at any instant leaves
-either the old file or the new one, never a torn one.
+Every file is written whole and atomically (`storage.write_text`: a temporary and a rename on
+local disk, one upload on a bucket), so a run killed at any instant leaves either the old file
+or the new one, never a torn one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Iterable
 
 from etils import epath
 
-
-def _tmp(path: epath.Path) -> epath.Path:
-  return path.parent / f".{path.name}.tmp{os.getpid()}"
+from rest_jax.runtime import storage
 
 
 def write_text(path, text: str) -> None:
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = _tmp(path)
-  tmp.write_text(text)
-  tmp.replace(path)
+  storage.write_text(path, text)
 
 
 def write_json(path, obj: Any) -> None:
@@ -35,12 +29,12 @@ def write_jsonl(path, rows: Iterable[dict]) -> None:
 
 
 def read_json(path) -> Any:
-  return json.loads(epath.Path(path).read_text())
+  return json.loads(storage.read_text(path))
 
 
 def read_jsonl(path) -> list[dict]:
   out = []
-  for n, line in enumerate(epath.Path(path).read_text().splitlines(), 1):
+  for n, line in enumerate(storage.read_text(path).splitlines(), 1):
     if line.strip():
       try:
         out.append(json.loads(line))
