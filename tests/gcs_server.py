@@ -41,6 +41,7 @@ class FakeGCS:
 
   def __init__(self, tmp_dir):
     self.tmp_dir = str(tmp_dir)
+    os.makedirs(self.tmp_dir, exist_ok=True)
     self.binary = _binary(self.tmp_dir)
     self.port = _free_port()
     self.url = f"http://127.0.0.1:{self.port}"

@@ -233,10 +233,14 @@ def main(args) -> int:
   if args.output is None and dist.process_count() > 1:
     raise CommandError("--output is required with several processes (a directory every "
                        "process reads and writes, e.g. on gs://)")
+  from rest_jax.runtime import storage
+  if args.output:
+    storage.check_writable(args.output)   # before loading any model
   temporary = None if args.output else tempfile.mkdtemp(prefix="rest_jax_eval_")
   try:
     out_dir = epath.Path(args.output or temporary)
-    metrics = evaluate_model.evaluate_models(plan, out_dir)
+    with storage.errors(out_dir, "write the evaluation there"):
+      metrics = evaluate_model.evaluate_models(plan, out_dir)
   finally:
     if temporary is not None:
       shutil.rmtree(temporary, ignore_errors=True)

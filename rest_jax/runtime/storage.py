@@ -77,21 +77,75 @@ def configure(environ=os.environ) -> None:
     gcsfs_log.addFilter(_QuietExpected())
 
 
+_STORAGE_LIBRARIES = ("gcsfs", "aiohttp", "google", "tensorstore", "fsspec", "requests",
+                      "urllib3")
+
+
+def _storage_failure(e: BaseException) -> BaseException | None:
+  """The exception in `e`'s chain that a storage library raised (a connection refused, an
+  HTTP error after retries, tensorstore's status), else None: a bug keeps its traceback."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    module = type(e).__module__ or ""
+    if module.split(".")[0] in _STORAGE_LIBRARIES or isinstance(e, (ConnectionError,
+                                                                    TimeoutError)):
+      return e
+    if "gs://" in str(e) and isinstance(e, (OSError, ValueError, RuntimeError)):
+      return e   # orbax and tensorstore re-raise with the object's URL in the message
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def describe(e: BaseException) -> str:
+  """A storage failure in a few words, without the libraries' tracebacks and request dumps."""
+  failure = _storage_failure(e) or e
+  text = str(failure).strip().splitlines()[0] if str(failure).strip() else ""
+  if "Cannot connect to host" in text or isinstance(failure, ConnectionError):
+    return f"cannot reach the storage endpoint ({text or type(failure).__name__})"
+  code = getattr(failure, "code", None)
+  if code == 403 or "403" in text[:80]:
+    return f"permission denied ({text})"
+  if code == 404 or isinstance(failure, FileNotFoundError):
+    return f"no such bucket or object ({text})"
+  return text or type(failure).__name__
+
+
 @contextlib.contextmanager
 def errors(path, doing: str) -> Iterator[None]:
   """Turns what a bucket raises (after gcsfs's own retries) into a `StorageError` that names
-  `path` and what was being done. Local errors pass unchanged (they already name the file)."""
+  `path` and what was being done. Local errors, a missing object (callers test for it) and
+  anything not from a storage library pass unchanged."""
   try:
     yield
-  except StorageError:
+  except (StorageError, FileNotFoundError, FileExistsError, IsADirectoryError,
+          NotADirectoryError):
     raise
-  except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError):
-    raise
-  except Exception as e:  # gcsfs.HttpError, aiohttp's connection errors, tensorstore's
-    if not is_remote(path):
+  except Exception as e:
+    if not is_remote(path) or _storage_failure(e) is None:
       raise
-    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise StorageError(f"{path}: cannot {doing}: {reason}") from e
+    raise StorageError(f"{path}: cannot {doing}: {describe(e)}") from e
+
+
+def check_writable(path) -> None:
+  """Fails at once, in one line, where a long job would fail later: `path` on a bucket that
+  does not exist, that this machine may not write, or an endpoint that does not answer. Writes
+  and deletes one small object; nothing on local disk."""
+  if not is_remote(path):
+    return
+  probe = epath.Path(path) / f".write_probe.{os.getpid()}"
+  try:
+    with probe.open("wb") as f:
+      f.write(b"")
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, FileNotFoundError):
+      bucket = str(path).split("/")[2]
+      raise StorageError(f"{path}: cannot write there: the bucket gs://{bucket} does not exist "
+                         f"(create it: gcloud storage buckets create gs://{bucket})") from e
+    if _storage_failure(e) is None and not isinstance(e, OSError):
+      raise
+    raise StorageError(f"{path}: cannot write there: {describe(e)}") from e
 
 
 # ----------------------------------------------------------------------------- writes

@@ -1,0 +1,127 @@
+"""Every path a user gives, on gs:// (fake-gcs-server, see gcs_server.py): model specs (a
+Hugging Face directory, an orbax checkpoint), `export --out`, `eval --output`, a JSONL task
+file, `train-rm --input/--output`; writes that suit object storage; one-line errors.
+
+The loop's own WORKDIR on gs:// is tested where the loop is: test_loop_resume.py (killed and
+resumed; the endpoint stopped mid-run) and test_multihost.py (2 processes, both placements).
+"""
+
+import json
+import logging
+
+import pytest
+from etils import epath
+
+from rest_jax import cli
+from rest_jax.models.hf_export import export_hf
+from rest_jax.models.loading import load_model, model_config_of, save_model_checkpoint
+from rest_jax.runtime import storage, telemetry
+from test_weights_io import CONFIGS, _assert_params_equal, _random_model
+
+
+@pytest.fixture(scope="module")
+def bucket(gcs):
+  return epath.Path(gcs.make_bucket("paths"))
+
+
+def test_a_model_on_a_bucket_as_hf_directory_and_checkpoint_and_export(gcs, bucket, capsys):
+  model = _random_model(CONFIGS["qwen2"], seed=3)
+  export_hf(model, bucket / "hf")
+  names = gcs.objects("paths", "hf/")
+  assert {"hf/config.json", "hf/model.safetensors", "hf/tokenizer.json"} <= set(names)
+  assert not any(".tmp" in n for n in names)
+
+  loaded = load_model(str(bucket / "hf"))
+  assert loaded.source == str(bucket / "hf") and loaded.config == model.config
+  _assert_params_equal(model.params, loaded.params)
+  assert loaded.tokenizer.encode("a b") == model.tokenizer.encode("a b")
+  cfg, _ = model_config_of(str(bucket / "hf"))
+  assert cfg == model.config
+
+  save_model_checkpoint(loaded, bucket / "ckpts", step=3, prefix="iter")
+  again = load_model(str(bucket / "ckpts"))   # read in place by orbax/tensorstore
+  _assert_params_equal(model.params, again.params)
+
+  rc = cli.main(["export", f"--checkpoint={bucket / 'ckpts'}", f"--out={bucket / 'exported'}"])
+  assert rc == 0, capsys.readouterr().err
+  assert json.loads(capsys.readouterr().out)["out"] == str(bucket / "exported")
+  _assert_params_equal(model.params, load_model(str(bucket / "exported")).params)
+
+
+def test_eval_with_models_task_file_and_output_on_a_bucket(gcs, bucket, capsys):
+  model = _random_model(CONFIGS["llama"], seed=4)
+  export_hf(model, bucket / "eval_model")
+  save_model_checkpoint(model, bucket / "eval_baseline")
+  storage.write_text(bucket / "data" / "problems.jsonl", "".join(
+      json.dumps({"id": f"q{i}", "prompt": f"{i} + {i} = ?", "answer": str(2 * i)}) + "\n"
+      for i in range(5)))
+  out = bucket / "evals" / "first"
+  rc = cli.main(["eval", f"--model={bucket / 'eval_model'}",
+                 f"--baseline={bucket / 'eval_baseline'}", "--task=jsonl",
+                 f"--gin.jsonl_task.path='{bucket / 'data' / 'problems.jsonl'}'",
+                 "--gin.jsonl_task.num_test=3", "--greedy", "--max_new_tokens=4",
+                 f"--output={out}"])
+  captured = capsys.readouterr()
+  assert rc == 0, captured.err[-3000:]
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert metrics["problems"] == 3 and "baseline" in metrics
+  shards = [n for n in gcs.objects("paths", "evals/first/") if "/shard-" in n]
+  assert shards and all(n.startswith(("evals/first/model/", "evals/first/baseline/"))
+                        for n in shards)
+
+
+def test_train_rm_reads_and_writes_a_bucket(gcs, bucket, capsys):
+  model = _random_model(CONFIGS["llama"], seed=6)
+  export_hf(model, bucket / "rm_base")
+  storage.write_text(bucket / "rm" / "scored.jsonl", "".join(
+      json.dumps({"prompt_id": f"p{i % 4}", "prompt": f"{i} + 1 =",
+                  "completion": str(i + 1 if i % 2 else i), "reward": float(i % 2)}) + "\n"
+      for i in range(16)))
+  rc = cli.main(["train-rm", f"--model={bucket / 'rm_base'}",
+                 f"--input={bucket / 'rm' / 'scored.jsonl'}", f"--output={bucket / 'rm' / 'out'}",
+                 "--steps=2", "--batch_size=4", "--seq_len=16", "--heldout_fraction=0.25"])
+  captured = capsys.readouterr()
+  assert rc == 0, captured.err[-3000:]
+  assert any(n.startswith("rm/out/0/params/") for n in gcs.objects("paths", "rm/out/"))
+  # The output is not empty any more: a second run into it is refused, in one line.
+  rc = cli.main(["train-rm", f"--model={bucket / 'rm_base'}",
+                 f"--input={bucket / 'rm' / 'scored.jsonl'}", f"--output={bucket / 'rm' / 'out'}",
+                 "--steps=1"])
+  assert rc == 2 and "exists and is not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--gin_file=runs/demo.gin", "--gin.WORKDIR='gs://no-such-bucket/run'"],
+    ["eval", "--model=nano", "--greedy", "--output=gs://no-such-bucket/eval"],
+])
+def test_a_missing_bucket_is_one_line_before_any_work(gcs, argv, capsys):
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1, err
+  assert "gs://no-such-bucket/" in err and "the bucket gs://no-such-bucket does not exist" in err
+
+
+def test_writes_are_single_objects_and_metrics_go_to_parts(gcs, bucket, caplog):
+  storage.write_text(bucket / "w" / "a.json", "1")
+  storage.write_text(bucket / "w" / "a.json", "2")   # replaced whole; no rename, no ERROR
+  assert (bucket / "w" / "a.json").read_text() == "2"
+  assert gcs.objects("paths", "w/") == ["w/a.json"]
+
+  with caplog.at_level(logging.INFO):
+    log = telemetry.MetricsLog(bucket / "m", flush_s=3600)
+    log.write(1, {"loss": 1.0}, phase="train")
+    log.write(2, {"loss": 0.5}, phase="train")
+    assert gcs.objects("paths", "m/") == []   # buffered until a flush
+    log.flush()
+    log.write(3, {"loss": 0.25}, phase="train")
+    log.close()
+    # A resumed run's log goes on after the parts already there.
+    log = telemetry.MetricsLog(bucket / "m", flush_s=0)
+    log.write(4, {"loss": 0.125}, phase="train")   # flush_s=0: written at once
+    log.close()
+  names = gcs.objects("paths", "m/")
+  parts = [n for n in names if n.startswith("m/metrics/")]
+  assert parts == [f"m/metrics/part-{i:05d}.jsonl" for i in range(3)]
+  assert len([n for n in names if n.startswith("m/tensorboard/events.out.tfevents.")]) == 3
+  assert [r["step"] for r in telemetry.read_metrics(bucket / "m")] == [1, 2, 3, 4]
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
