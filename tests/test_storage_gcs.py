@@ -125,3 +125,20 @@ def test_writes_are_single_objects_and_metrics_go_to_parts(gcs, bucket, caplog):
   assert len([n for n in names if n.startswith("m/tensorboard/events.out.tfevents.")]) == 3
   assert [r["step"] for r in telemetry.read_metrics(bucket / "m")] == [1, 2, 3, 4]
   assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_short_outage_is_retried_and_the_write_lands(gcs, bucket, caplog):
+  """The endpoint refuses connections for 2 seconds: gcsfs's retries (with backoff) carry the
+  write over it, with no error logged."""
+  import threading
+  import time
+  gcs.stop()
+  restart = threading.Thread(target=lambda: (time.sleep(2.0), gcs.start()))
+  restart.start()
+  try:
+    with caplog.at_level(logging.WARNING):
+      storage.write_text(bucket / "retried" / "state.json", '{"ok": true}')
+  finally:
+    restart.join()
+  assert json.loads((bucket / "retried" / "state.json").read_text()) == {"ok": True}
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

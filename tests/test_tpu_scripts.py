@@ -80,3 +80,19 @@ def test_watch_dry_run_shows_recovery():
   verbs = [c[3:5] for c in _commands(out.stdout) if c[:3] == ["gcloud", "compute", "tpus"]]
   assert ["tpu-vm", "delete"] in verbs and ["tpu-vm", "create"] in verbs
   assert verbs[-1] == ["tpu-vm", "ssh"]
+
+
+def test_watch_relaunches_the_same_config_and_requeues():
+  """The relaunch after a preemption carries every --gin binding (a run resumed with another
+  config is refused), and a queued resource is deleted before it is queued again."""
+  out = _run("tpu_scripts/watch.sh", "--name", "pod", "--zone", "z", "--type", "v4-32",
+             "--gin_file", "runs/x.gin", "--workdir", "gs://b/w", "--queued",
+             "--gin", "BASE_MODEL='qwen3-1.7b'", "--gin", "MESH=(1, -1, 1)",
+             "--once", "--dry-run")
+  assert out.returncode == 0, out.stderr
+  cmds = _commands(out.stdout)
+  verbs = [c[3:5] for c in cmds if c[:3] == ["gcloud", "compute", "tpus"]]
+  assert verbs.index(["queued-resources", "delete"]) < verbs.index(["queued-resources", "create"])
+  remote = cmds[-1][cmds[-1].index("--command") + 1]
+  assert "--gin.BASE_MODEL=" in remote and "qwen3-1.7b" in remote
+  assert "--gin.MESH=" in remote and "gs://b/w" in remote

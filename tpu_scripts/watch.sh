@@ -13,8 +13,9 @@ Every --interval seconds: if WORKDIR/state.json says finished, stop; if the TPU 
 or PREEMPTED, delete it, create it again (create.sh), set it up (setup.sh) and launch the
 same run (launch.sh), which resumes from WORKDIR.
 
-  --name, --zone, --type, --gin_file, --workdir, --project, --spot, --queued: as in
-                     create.sh / launch.sh
+  --name, --zone, --type, --gin_file, --workdir, --gin, --project, --spot, --queued: as in
+                     create.sh / launch.sh (give every --gin of the first launch: the
+                     relaunch must run the same config, or the run refuses to resume)
   --interval S       seconds between checks (default 300)
   --once             check once and act, then exit
   --dry-run          print the commands without running them
@@ -24,6 +25,8 @@ USAGE
 
 name="" zone="" type="" gin_file="" workdir="" project="" interval=300 once=0
 create_flags=()
+delete_flags=()
+gin_flags=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) name=$2; shift ;;
@@ -31,9 +34,10 @@ while [ $# -gt 0 ]; do
     --type) type=$2; shift ;;
     --gin_file) gin_file=$2; shift ;;
     --workdir) workdir=$2; shift ;;
+    --gin) gin_flags+=(--gin "$2"); shift ;;
     --project) project=$2; create_flags+=(--project "$2"); shift ;;
     --spot) create_flags+=(--spot) ;;
-    --queued) create_flags+=(--queued) ;;
+    --queued) create_flags+=(--queued); delete_flags+=(--queued) ;;
     --interval) interval=$2; shift ;;
     --once) once=1 ;;
     --dry-run) DRY_RUN=1 ;;
@@ -68,13 +72,15 @@ while true; do
   case "$state" in
     PREEMPTED|GONE|TERMINATED)
       if [ "$state" != "GONE" ]; then
-        run gcloud compute tpus tpu-vm delete "$name" --zone "$zone" "${extra[@]}" --quiet
+        # A queued resource is deleted with its VM, so create.sh can queue it again.
+        bash "$here/delete.sh" --name "$name" --zone "$zone" "${extra[@]}" \
+          "${delete_flags[@]+"${delete_flags[@]}"}" "${dry[@]+"${dry[@]}"}"
       fi
       bash "$here/create.sh" --name "$name" --zone "$zone" --type "$type" \
         "${create_flags[@]+"${create_flags[@]}"}" "${dry[@]+"${dry[@]}"}"
       bash "$here/setup.sh" --name "$name" --zone "$zone" "${extra[@]}" "${dry[@]+"${dry[@]}"}"
       bash "$here/launch.sh" --name "$name" --zone "$zone" "${extra[@]}" --gin_file "$gin_file" \
-        --workdir "$workdir" "${dry[@]+"${dry[@]}"}"
+        --workdir "$workdir" "${gin_flags[@]+"${gin_flags[@]}"}" "${dry[@]+"${dry[@]}"}"
       ;;
   esac
   [ "$once" = 1 ] && exit 0
