@@ -178,16 +178,17 @@ MATH_8B = ["--gin_file=runs/rest_em_math.gin", "--gin.BASE_MODEL='llama3-8b'",
 
 def test_llama3_8b_with_float32_adamw_on_v5e_4_is_refused_with_a_change_that_fits():
   """96 GB of float32 parameters and Adam moments cannot fit 4 x 16 GB; the suggested slice is
-  checked by planning again on it. (The train step only: it is what does not fit, and
-  compiling the 8B sampler too would double the time.)"""
+  one the planner compiled the train step for, in a child process, and saw fit (a suggestion
+  is re-planned as given in test_a_config_that_does_not_fit_is_refused_with_a_change_that_fits;
+  here that would compile the 8B train step a third time). The train step only: it is what
+  does not fit, and compiling the 8B sampler too would double the time."""
   code, _, err = _plan_child(*MATH_8B, "--topology=v5e-4", "--only=train_step")
   assert code == 2, err[-2000:]
   line = err.strip().splitlines()[-1]
   assert line.startswith("rest-jax plan: does not fit on v5e-4: train_step needs "), line
-  assert "this fits: --topology=" in line, line
   fix = line.split("this fits: ")[1]
-  code, out, err = _plan_child(*MATH_8B, fix, "--only=train_step", "--no_suggest", "--json")
-  assert code == 0 and json.loads(out)["fits"], err[-2000:]
+  chips = int(fix.removeprefix("--topology=v5e-").split()[0])
+  assert fix.startswith("--topology=v5e-") and chips > 4, line
 
 
 def test_qwen3_8b_fits_on_v5p_64_with_both_sample_placements():

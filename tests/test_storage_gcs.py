@@ -142,3 +142,16 @@ def test_a_short_outage_is_retried_and_the_write_lands(gcs, bucket, caplog):
     restart.join()
   assert json.loads((bucket / "retried" / "state.json").read_text()) == {"ok": True}
   assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_verify_reads_and_writes_a_bucket(gcs, bucket, capsys):
+  storage.write_text(bucket / "verify" / "in.jsonl", "".join(json.dumps(r) + "\n" for r in [
+      {"id": "ok", "completion": "#### 4", "answer": "4"},
+      {"id": "wrong", "completion": "#### 5", "answer": "4"}]))
+  rc = cli.main(["verify", f"--input={bucket / 'verify' / 'in.jsonl'}",
+                 f"--output={bucket / 'verify' / 'out.jsonl'}", "--workers=1"])
+  assert rc == 0, capsys.readouterr().err
+  rows = [json.loads(l) for l in (bucket / "verify" / "out.jsonl").read_text().splitlines()]
+  assert [(r["id"], r["verdict"]) for r in rows] == [("ok", "pass"), ("wrong", "fail")]
+  rc = cli.main(["verify", f"--input={bucket / 'verify' / 'missing.jsonl'}"])
+  assert rc == 2 and "verify/missing.jsonl: no such file" in capsys.readouterr().err

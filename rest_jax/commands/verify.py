@@ -7,6 +7,7 @@ pipeline notices. Gin flags configure the task of `--task` as in a run.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -57,13 +58,29 @@ def main(args) -> int:
     if not args.task:
       raise CommandError("gin flags configure the task of --task, and no --task was given")
     gin_flags.configure_gin(args)
-  if not os.path.isfile(args.input):
+  from rest_jax.runtime import storage
+  input_path = args.input
+  if storage.is_remote(input_path):   # the verifiers read a local file
+    try:
+      input_path = storage.local_copy(input_path)
+    except FileNotFoundError:
+      input_path = ""
+  if not os.path.isfile(input_path):
     raise CommandError(f"--input {args.input}: no such file; {_EXPECTED}")
   lookup = _task_lookup(args.task) if args.task else None
-  out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+  # A bucket gets the whole output as one object at the end.
+  remote_out = args.output != "-" and storage.is_remote(args.output)
+  if args.output == "-":
+    out = sys.stdout
+  elif remote_out:
+    out = io.StringIO()
+  else:
+    out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115
   try:
-    summary = verifiers.run_verify(args.input, out, task_lookup=lookup,
+    summary = verifiers.run_verify(input_path, out, task_lookup=lookup,
                                    workers=args.workers, math_timeout_s=args.math_timeout_s)
+    if remote_out:
+      storage.write_text(args.output, out.getvalue())
   finally:
     if out is not sys.stdout:
       out.close()
