@@ -6,6 +6,7 @@ import pytest
 from rest_jax.loop import rest_schedule
 from rest_jax.rewards import sources as rewards
 from rest_jax.rewards import metrics as rm_metrics
+from rest_jax.tasks import base
 
 
 def _rows(num_prompts=6, k=8, seed=0):
@@ -92,14 +93,19 @@ def test_roc_auc_and_best_of_n():
                                                         "rm_best_of_2": 0.5}
 
 
-def user_reward(prompt, completion, sample):
-  return float(len(completion)) + sample["sample_idx"]
+def user_reward(problem, completion):
+  return float(len(completion)) + len(problem.prompt)
 
 
 def test_reward_sources():
   rows = [{"prompt": "q", "completion": "abc", "reward": 1.0, "sample_idx": 1, "prompt_id": "p"}]
   assert rewards.make_reward_source("verifier").score(rows) == [1.0]
-  assert rewards.make_reward_source("test_rest_schedule:user_reward").score(rows) == [4.0]
+  problems = {"p": base.Problem(id="p", prompt="q?", reference="1", verifier="math")}
+  assert rewards.make_reward_source("test_rest_schedule:user_reward",
+                                    problems=problems).score(rows) == [5.0]
+  with pytest.raises(rewards.RewardSourceError, match="'x'#1 answers no problem"):
+    rewards.make_reward_source("test_rest_schedule:user_reward", problems=problems).score(
+        [{**rows[0], "prompt_id": "x"}])
   with pytest.raises(rewards.RewardSourceError, match="cannot import module"):
     rewards.make_reward_source("no_such_module_xyz:f")
   with pytest.raises(rewards.RewardSourceError, match="has no 'nope'"):
@@ -108,10 +114,10 @@ def test_reward_sources():
     rewards.make_reward_source("bogus")
   with pytest.raises(rewards.RewardSourceError, match="needs a trained reward model"):
     rewards.make_reward_source("reward_model")
-  bad = rewards.CallableReward("test_rest_schedule:_nan_reward")
+  bad = rewards.CallableReward("test_rest_schedule:_nan_reward", problems)
   with pytest.raises(rewards.RewardSourceError, match="finite number"):
     bad.score(rows)
 
 
-def _nan_reward(prompt, completion, sample):
+def _nan_reward(problem, completion):
   return float("nan")

@@ -155,3 +155,29 @@ def test_verify_reads_and_writes_a_bucket(gcs, bucket, capsys):
   assert [(r["id"], r["verdict"]) for r in rows] == [("ok", "pass"), ("wrong", "fail")]
   rc = cli.main(["verify", f"--input={bucket / 'verify' / 'missing.jsonl'}"])
   assert rc == 2 and "verify/missing.jsonl: no such file" in capsys.readouterr().err
+
+
+def test_sample_logprobs_and_tasks_take_gs_paths(gcs, bucket, capsys):
+  """The other commands that take a path: `sample` and `logprobs` --model, and a JSONL task
+  file previewed by `tasks show`; each gives what the same local input gives."""
+  model = _random_model(CONFIGS["llama"], seed=7)
+  export_hf(model, bucket / "small")
+  assert cli.main(["logprobs", f"--model={bucket / 'small'}", "--text", "abc"]) == 0
+  remote = json.loads(capsys.readouterr().out)
+  local = storage.local_copy(bucket / "small")   # the cached copy load_model made
+  assert cli.main(["logprobs", f"--model={local}", "--text", "abc"]) == 0
+  assert json.loads(capsys.readouterr().out)["logprobs"] == remote["logprobs"]
+
+  assert cli.main(["sample", f"--model={bucket / 'small'}", "--prompt", "a", "-k", "2",
+                   "--max_new_tokens", "3", "--seed", "1"]) == 0
+  rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+  assert len(rows) == 2 and all(len(r["tokens"]) <= 3 for r in rows)
+
+  storage.write_text(bucket / "tasks" / "mine.jsonl", "".join(
+      json.dumps({"id": f"t{i}", "prompt": f"{i} * 2 = ?", "answer": str(2 * i)}) + "\n"
+      for i in range(3)))
+  assert cli.main(["tasks", "show", "jsonl",
+                   f"--gin.jsonl_task.path='{bucket / 'tasks' / 'mine.jsonl'}'",
+                   "--gin.jsonl_task.num_test=0", "-n", "3"]) == 0
+  out = capsys.readouterr().out
+  assert "=== t2 ===" in out and "3 problems in split 'train'" in out

@@ -52,7 +52,9 @@ class ReSTConfig:
     quantiles of the Grow's scores (`quantile`).
   min_score: a floor under every threshold (None: none).
   loss: 'bc' (behaviour cloning on the kept samples) or 'reward_weighted'.
-  reward: 'reward_model', 'verifier', or 'package.module:function' (see rewards/sources.py).
+  reward: 'reward_model', 'verifier', or a graded score 'package.module:function', called as
+    function(problem, completion) -> float (see rewards/sources.py; built in:
+    'rest_jax.rewards.graded:fraction_of_tests_passed' for code tasks).
   reward_model: a reward model checkpoint (`rest-jax train-rm`); None trains one on Grow 1's
     verifier labels (`RewardTrainConfig` sets its budget).
   best_of_n: evaluate best-of-k by the reward (k in LoopConfig.eval_ks) on the held-out
@@ -117,7 +119,8 @@ class ReSTLoop(loop_lib.Loop):
     if self.source is not None:
       return True
     if not rewards.needs_reward_model(r.reward):
-      self.source = rewards.make_reward_source(r.reward)
+      self.source = rewards.make_reward_source(
+          r.reward, problems={p.id: p for p in self.train_problems()})
       return True
     stats_path = self.wd.root / "reward_model" / "metrics.json"
     if r.reward_model:

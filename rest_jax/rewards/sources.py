@@ -2,9 +2,11 @@
 
 * `'verifier'`: the task's verifier reward (0/1), already on every sample row;
 * `'reward_model'`: a learned reward model (`reward_model.RewardScorer`);
-* `'package.module:function'`: a user's Python callable, called once per sample as
-  `function(prompt: str, completion: str, sample: dict) -> float` (`sample` is the whole row:
-  prompt_id, sample_idx, verifier reward, extracted answer, ...).
+* `'package.module:function'`: a graded score, a user's Python callable called once per
+  sample as `function(problem, completion: str) -> float`; `problem` is the task's
+  `tasks.base.Problem` the sample answers (its prompt, reference answer or hidden tests,
+  human solution, meta). Built in: `rest_jax.rewards.graded:fraction_of_tests_passed` (code
+  tasks: the share of a program's hidden tests it passes).
 
 Every source maps a list of sample rows to a list of floats, in order.
 """
@@ -39,19 +41,32 @@ class ModelReward:
 
 
 class CallableReward:
+  """`function(problem, completion) -> float` over the rows; `problems` maps a row's
+  prompt_id to its Problem."""
 
-  def __init__(self, spec: str):
+  def __init__(self, spec: str, problems: Mapping[str, object]):
     self.name = spec
     self.fn = resolve_callable(spec)
+    self.problems = problems
 
-  def score(self, rows: Sequence[Mapping]) -> list[float]:
+  def score(self, rows: Sequence[Mapping], desc: str | None = None) -> list[float]:
+    from tqdm import tqdm
     out = []
-    for r in rows:
-      v = self.fn(r["prompt"], r["completion"], dict(r))
+    for r in tqdm(rows, desc=desc or self.name, unit="sample", disable=desc is False,
+                  mininterval=2.0):
+      pid = str(r["prompt_id"])
+      if pid not in self.problems:
+        raise RewardSourceError(f"reward {self.name!r}: sample {pid!r}#{r.get('sample_idx')} "
+                                "answers no problem of the task's training split")
+      try:
+        v = self.fn(self.problems[pid], r["completion"])
+      except Exception as e:  # the user's code: name it and the sample, keep the cause
+        raise RewardSourceError(f"reward {self.name!r} raised {type(e).__name__}: {e} on sample "
+                                f"{pid!r}#{r.get('sample_idx')}") from e
       if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise RewardSourceError(
             f"reward callable {self.name!r} returned {v!r} for sample "
-            f"{r.get('prompt_id')!r}#{r.get('sample_idx')}: expected a finite number")
+            f"{pid!r}#{r.get('sample_idx')}: expected a finite number")
       out.append(float(v))
     return out
 
@@ -80,12 +95,16 @@ def needs_reward_model(spec: str) -> bool:
   return spec == "reward_model"
 
 
-def make_reward_source(spec: str, *, scorer=None):
-  """The source `spec` names; `scorer` (a RewardScorer) is required for 'reward_model'."""
+def make_reward_source(spec: str, *, scorer=None, problems: Mapping[str, object] | None = None):
+  """The source `spec` names; `scorer` (a RewardScorer) is required for 'reward_model',
+  `problems` (prompt_id -> Problem) for a callable."""
   if spec == "verifier":
     return VerifierReward()
   if spec == "reward_model":
     if scorer is None:
       raise RewardSourceError("reward 'reward_model' needs a trained reward model")
     return ModelReward(scorer)
-  return CallableReward(spec)
+  source = CallableReward(spec, problems or {})
+  if problems is None:
+    raise RewardSourceError(f"reward {spec!r}: a callable needs the task's problems")
+  return source
