@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -78,6 +79,41 @@ def test_losses():
   for loss, want in (("bce", np.log(2)), ("pairwise", np.log(2)), ("mse", 0.5)):
     got = reward_training.loss_fn(rm.graphdef, rm.params, batch, loss)
     assert float(got) == pytest.approx(want, rel=1e-5), loss
+
+
+def test_completion_supervision_averages_each_rows_completion_tokens():
+  """`supervise='completion'`: every position from the completion's first token to the last
+  real one predicts the row's label; each row is the mean over its own positions, then rows
+  are averaged. Checked against the per-position scores computed here."""
+  mesh = _mesh((1, 1, 1))
+  rm = _rm(mesh)
+  rng = np.random.default_rng(0)
+  head = {"w": jnp.asarray(rng.normal(0, 0.3, rm.params["head"]["w"].shape), jnp.float32),
+          "b": jnp.asarray(0.1, jnp.float32)}
+  params = {**rm.params, "head": head}
+  tokens, lengths = reward_model.pad_batch([[1, 2, 3, 4], [4, 5, 6], [6, 7]], 8, 3, 0)
+  batch = {"tokens": tokens, "lengths": lengths, "starts": np.asarray([2, 1, 0], np.int32),
+           "targets": np.asarray([1.0, 0.0, 1.0], np.float32)}
+  raw = np.asarray(reward_model.raw_scores_per_position(rm.graphdef, params, tokens))
+  for loss in ("bce", "mse"):
+    rows = []
+    for i, (start, n) in enumerate(zip(batch["starts"], lengths)):
+      r, t = raw[i, start:n], batch["targets"][i]
+      per = (np.logaddexp(0, r) - t * r) if loss == "bce" else (r - t) ** 2
+      rows.append(per.mean())
+    got = reward_training.loss_fn(rm.graphdef, params, batch, loss, "completion")
+    assert float(got) == pytest.approx(np.mean(rows), rel=1e-5), loss
+    last = reward_training.loss_fn(rm.graphdef, params, batch, loss, "last")
+    assert abs(float(got) - float(last)) > 1e-4   # not the last token alone
+  # The last position's per-position score is the score the scorer reads.
+  np.testing.assert_allclose(
+      raw[np.arange(3), lengths - 1],
+      np.asarray(reward_model.raw_scores(rm.graphdef, params, tokens, lengths)), atol=1e-5)
+  # The start indexes the completion's first token, however much of the prompt was cut.
+  for max_len in (100, 5, 4):
+    ids, start = reward_model.encode_pair_with_start(TOK, "12", "345", max_len)
+    assert ids == reward_model.encode_pair(TOK, "12", "345", max_len)
+    assert ids[start] == ord("3") and len(ids) <= max_len
 
 
 def _arithmetic_examples(num=600, seed=0):

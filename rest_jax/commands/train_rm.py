@@ -35,6 +35,9 @@ def add_arguments(parser):
                       help="share of prompts held out for the AUC")
   parser.add_argument("--pass_threshold", type=float, default=0.5,
                       help="a reward at least this counts as a pass (AUC, balancing)")
+  parser.add_argument("--supervise", default="last", choices=("last", "completion"),
+                      help="bce/mse on the last token, or on every completion token (a "
+                           "token-level verifier); scores are read at the last token")
   parser.add_argument("--no_balance", action="store_true",
                       help="draw batches uniformly instead of half passes, half fails")
   parser.add_argument("--seed", type=int, default=0)
@@ -66,7 +69,7 @@ def main(args) -> int:
       steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
       warmup_steps=args.warmup_steps, loss=args.loss, seq_len=args.seq_len,
       heldout_fraction=args.heldout_fraction, pass_threshold=args.pass_threshold,
-      balance=not args.no_balance, seed=args.seed)
+      balance=not args.no_balance, supervise=args.supervise, seed=args.seed)
   try:
     mesh = mesh_lib.create_mesh(_mesh_shape(args.mesh))
   except ValueError as e:

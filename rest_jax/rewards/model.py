@@ -99,6 +99,15 @@ def from_policy(graphdef, backbone_params, config: ModelConfig, tokenizer, mesh,
                      {"loss": loss, "seq_len": int(min(seq_len, config.max_seq_len))})
 
 
+def raw_scores_per_position(graphdef, params: dict, tokens_BxL):
+  """The head's output [B, L] (float32) at every position: what it predicts having read the
+  tokens up to and including that one."""
+  model = nnx.merge(graphdef, params["backbone"])
+  hidden_BxLxD, _ = model(tokens_BxL, return_hidden=True)
+  head = params["head"]
+  return hidden_BxLxD.astype(jnp.float32) @ head["w"].astype(jnp.float32) + head["b"]
+
+
 def raw_scores(graphdef, params: dict, tokens_BxL, lengths_B):
   """The head's output [B] (float32) at each row's last real token (index length - 1)."""
   model = nnx.merge(graphdef, params["backbone"])
@@ -116,9 +125,17 @@ def transform(raw, loss: str):
 
 def encode_pair(tokenizer, prompt: str, completion: str, max_len: int) -> list[int]:
   """`[bos] + prompt + completion + [eos]`, keeping the last `max_len` tokens."""
-  ids = sft_lib.encode_prompt(tokenizer, prompt) + sft_lib.encode_completion(tokenizer,
-                                                                             completion)
-  return ids[-max_len:]
+  return encode_pair_with_start(tokenizer, prompt, completion, max_len)[0]
+
+
+def encode_pair_with_start(tokenizer, prompt: str, completion: str,
+                           max_len: int) -> tuple[list[int], int]:
+  """`encode_pair`, and the index of the completion's first token in it (0 when the prompt
+  was cut away entirely)."""
+  head = sft_lib.encode_prompt(tokenizer, prompt)
+  ids = head + sft_lib.encode_completion(tokenizer, completion)
+  cut = max(0, len(ids) - max_len)
+  return ids[cut:], max(0, len(head) - cut)
 
 
 def bucket_len(n: int, cap: int) -> int:

@@ -48,6 +48,11 @@ class RewardTrainConfig:
   balance: draw half of each pointwise batch from passed (score >= pass_threshold) and half
     from failed examples when both exist: verifier labels are usually very unbalanced. (With
     `bce`, scores are then pass probabilities under equal priors: fine for ranking.)
+  supervise: where a pointwise loss (`bce`, `mse`) applies: `last`, the last token only (what
+    is scored); `completion`, every completion token, each predicting the outcome from the
+    completion so far (a token-level verifier, Cobbe et al. 2021: one label supervises every
+    position, which fits a small data set less tightly than one scalar per sequence). Scores
+    are read at the last token either way. `pairwise` always compares last tokens.
   """
 
   steps: int = 300
@@ -59,6 +64,7 @@ class RewardTrainConfig:
   heldout_fraction: float = 0.1
   pass_threshold: float = 0.5
   balance: bool = True
+  supervise: str = "last"
   seed: int = 0
 
 
@@ -91,9 +97,26 @@ def _state_shardings(mesh, params, optimizer) -> state_lib.TrainState:
   return state_lib.TrainState(step=mesh_lib.replicated(mesh), params=param_sh, opt_state=opt_sh)
 
 
-def loss_fn(graphdef, params, batch, loss: str):
-  """Mean loss over a batch: tokens [N, L], lengths [N], targets [N] (pairwise: N = 2B,
-  the first B rows chosen, the last B rejected)."""
+SUPERVISE = ("last", "completion")
+
+
+def _pointwise(raw, targets, loss: str):
+  if loss == "bce":
+    return optax.sigmoid_binary_cross_entropy(raw, jnp.clip(targets, 0.0, 1.0))
+  return jnp.square(raw - targets)
+
+
+def loss_fn(graphdef, params, batch, loss: str, supervise: str = "last"):
+  """Mean loss over a batch: tokens [N, L], lengths [N], starts [N] (each completion's first
+  token), targets [N] (pairwise: N = 2B, the first B rows chosen, the last B rejected)."""
+  if supervise == "completion" and loss in ("bce", "mse"):
+    raw_NxL = rm_lib.raw_scores_per_position(graphdef, params, batch["tokens"])
+    pos_L = jnp.arange(raw_NxL.shape[1])
+    mask_NxL = ((pos_L[None] >= batch["starts"][:, None])
+                & (pos_L[None] < batch["lengths"][:, None])).astype(jnp.float32)
+    value_NxL = _pointwise(raw_NxL, batch["targets"][:, None], loss) * mask_NxL
+    per_row = value_NxL.sum(1) / jnp.maximum(mask_NxL.sum(1), 1.0)
+    return jnp.mean(per_row)
   raw = rm_lib.raw_scores(graphdef, params, batch["tokens"], batch["lengths"])
   if loss == "bce":
     value = optax.sigmoid_binary_cross_entropy(raw, jnp.clip(batch["targets"], 0.0, 1.0))
@@ -107,11 +130,13 @@ def loss_fn(graphdef, params, batch, loss: str):
   return jnp.mean(value)
 
 
-def make_train_step(graphdef, optimizer, state_shardings, mesh, loss: str):
+def make_train_step(graphdef, optimizer, state_shardings, mesh, loss: str,
+                    supervise: str = "last"):
   """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and donation."""
 
   def step(state, batch):
-    value, grads = jax.value_and_grad(lambda p: loss_fn(graphdef, p, batch, loss))(state.params)
+    value, grads = jax.value_and_grad(
+        lambda p: loss_fn(graphdef, p, batch, loss, supervise))(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return (state.replace(step=state.step + 1, params=params, opt_state=opt_state),
@@ -119,6 +144,7 @@ def make_train_step(graphdef, optimizer, state_shardings, mesh, loss: str):
 
   batch_sh = {"tokens": mesh_lib.batch_sharding(mesh, 2),
               "lengths": mesh_lib.batch_sharding(mesh, 1),
+              "starts": mesh_lib.batch_sharding(mesh, 1),
               "targets": mesh_lib.batch_sharding(mesh, 1)}
   jitted = jax.jit(step, in_shardings=(state_shardings, batch_sh),
                    out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
@@ -134,8 +160,10 @@ def make_train_step(graphdef, optimizer, state_shardings, mesh, loss: str):
 class _Batches:
   """Batch `step` is drawn from `(seed, step)` alone: reproducible and stateless."""
 
-  def __init__(self, seqs, scores, groups, cfg: RewardTrainConfig, rows: int, pad_id: int):
+  def __init__(self, seqs, starts, scores, groups, cfg: RewardTrainConfig, rows: int,
+               pad_id: int):
     self.seqs, self.scores, self.cfg, self.rows, self.pad_id = seqs, scores, cfg, rows, pad_id
+    self.starts = np.asarray(starts, np.int32)
     self.length = rm_lib.bucket_len(max(len(s) for s in seqs), cfg.seq_len)
     n = len(seqs)
     if cfg.loss == "pairwise":
@@ -165,7 +193,9 @@ class _Batches:
                                        self.pad_id)
     targets = np.zeros((self.rows,), np.float32)
     targets[:len(idx)] = np.asarray(self.scores, np.float32)[idx]
-    return {"tokens": tokens, "lengths": lengths, "targets": targets}
+    starts = np.zeros((self.rows,), np.int32)
+    starts[:len(idx)] = self.starts[idx]
+    return {"tokens": tokens, "lengths": lengths, "starts": starts, "targets": targets}
 
 
 def evaluate(scorer: rm_lib.RewardScorer, examples: Sequence[RMExample], pass_threshold: float,
@@ -191,6 +221,9 @@ def train(rm: rm_lib.RewardModel, examples: Sequence[RMExample], mesh,
   cfg = cfg or RewardTrainConfig()
   if cfg.loss not in rm_lib.LOSSES:
     raise ValueError(f"RewardTrainConfig.loss={cfg.loss!r}: expected one of {rm_lib.LOSSES}")
+  if cfg.supervise not in SUPERVISE:
+    raise ValueError(f"RewardTrainConfig.supervise={cfg.supervise!r}: expected one of "
+                     f"{SUPERVISE}")
   if not examples:
     raise ValueError(f"{name}: no examples to train the reward model on")
   rm = dataclasses.replace(rm, meta={**rm.meta, "loss": cfg.loss,
@@ -200,14 +233,15 @@ def train(rm: rm_lib.RewardModel, examples: Sequence[RMExample], mesh,
     raise ValueError(f"{name}: heldout_fraction={cfg.heldout_fraction} leaves no training "
                      "prompts")
   train_ex = [examples[i] for i in train_idx]
-  seqs = [rm_lib.encode_pair(rm.tokenizer, e.prompt, e.completion, rm.seq_len)
-          for e in train_ex]
+  encoded = [rm_lib.encode_pair_with_start(rm.tokenizer, e.prompt, e.completion, rm.seq_len)
+             for e in train_ex]
+  seqs = [ids for ids, _ in encoded]
   shards = mesh_lib.batch_shards(mesh)
   per_batch = cfg.batch_size * (2 if cfg.loss == "pairwise" else 1)
   rows = -(-per_batch // shards) * shards
   pad = rm.tokenizer.pad_id if rm.tokenizer.pad_id is not None else 0
-  batches = _Batches(seqs, [e.score for e in train_ex], [e.group for e in train_ex], cfg, rows,
-                     pad)
+  batches = _Batches(seqs, [start for _, start in encoded], [e.score for e in train_ex],
+                     [e.group for e in train_ex], cfg, rows, pad)
   if rows != per_batch and cfg.loss == "pairwise":
     raise ValueError(f"{name}: pairwise batches of {cfg.batch_size} pairs need 2 x batch_size "
                      f"divisible by the {shards} devices on the batch axes")
@@ -224,7 +258,7 @@ def train(rm: rm_lib.RewardModel, examples: Sequence[RMExample], mesh,
     # Training donates the state: start from a copy so `rm.params` stay valid.
     state = jax.jit(lambda p: init(jax.tree.map(jnp.copy, p)), in_shardings=(sh.params,),
                     out_shardings=sh)(rm.params)
-  step_fn = make_train_step(rm.graphdef, optimizer, sh, mesh, cfg.loss)
+  step_fn = make_train_step(rm.graphdef, optimizer, sh, mesh, cfg.loss, cfg.supervise)
   t0 = time.time()
   loss = float("nan")
   bar = tqdm(total=cfg.steps, desc=f"{name} train", unit="step", leave=False)
@@ -250,7 +284,8 @@ def train(rm: rm_lib.RewardModel, examples: Sequence[RMExample], mesh,
   stats = {"examples": len(examples), "train_examples": len(train_ex),
            "heldout_examples": len(held_idx), "train_passed": int(len(batches.pos)) if
            cfg.loss != "pairwise" else None, "steps": cfg.steps, "final_loss": loss,
-           "seconds": round(seconds, 1), "loss": cfg.loss, "heldout": held, "train": fit,
+           "seconds": round(seconds, 1), "loss": cfg.loss, "supervise": cfg.supervise,
+           "heldout": held, "train": fit,
            "heldout_auc": held.get("auc"), "train_auc": fit.get("auc")}
   trained.meta.update({"trained": {k: v for k, v in stats.items()
                                    if k not in ("heldout", "train")}})
