@@ -1,5 +1,6 @@
 """The reward model: hidden states, scoring on the mesh, training, checkpoints, `train-rm`."""
 
+import dataclasses
 import json
 import os
 import random
@@ -166,6 +167,44 @@ def test_checkpoint_round_trip(tmp_path):
                              reward_model.RewardScorer(rm, mesh).score(*args), atol=1e-6)
   with pytest.raises(Exception, match="not a reward model checkpoint"):
     reward_model.load(tmp_path, mesh)
+
+
+def test_loglik_head_reads_the_completions_mean_log_probability(tmp_path):
+  """`last+loglik`: the score adds `a` x the mean log-probability of the completion's tokens
+  (never the prompt's) under the backbone's LM head, checked against a log-softmax here; the
+  logistic fit gives likelier completions the higher score; a checkpoint keeps `a`."""
+  from flax import nnx
+  mesh = _mesh((1, 1, 1))
+  graphdef, params = params_lib.init_params(CFG, mesh, seed=3)
+  rm = reward_model.from_policy(graphdef, params, CFG, TOK, mesh, seq_len=96, head="last+loglik")
+  assert set(rm.params["head"]) == {"w", "b", "a"} and rm.head == "last+loglik"
+  rm.params["head"] = {**rm.params["head"], "a": jnp.asarray(2.0), "b": jnp.asarray(0.5)}
+  prompts = ["Question: 1 + 2\nAnswer:", "Question: 7 - 5\nAnswer:"]
+  comps = [" 1 + 2 = 3\n#### 3", " #### 9"]
+  got = reward_model.RewardScorer(dataclasses.replace(rm, meta={**rm.meta, "loss": "mse"}),
+                                  mesh).score(prompts, comps)
+  model = nnx.merge(graphdef, params)
+  for i, (p, c) in enumerate(zip(prompts, comps)):
+    ids, start = reward_model.encode_pair_with_start(TOK, p, c, 96)
+    logits, _ = model(np.asarray([ids], np.int32))
+    logp = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float64), axis=-1))
+    mean_ll = np.mean([logp[q - 1, ids[q]] for q in range(start, len(ids))])
+    assert got[i] == pytest.approx(0.5 + 2.0 * mean_ll, abs=1e-4)
+
+  # Labels that follow the log-likelihood: the fit's weight is positive and ranks them.
+  seqs = [reward_model.encode_pair_with_start(TOK, f"Question: {i}\nAnswer:", f" #### {i * 7}",
+                                              96) for i in range(40)]
+  probe = reward_model.RewardScorer(dataclasses.replace(rm, meta={**rm.meta, "loss": "mse"}),
+                                    mesh)
+  lls = (probe.score_tokens([t for t, _ in seqs], None, [st for _, st in seqs]) - 0.5) / 2.0
+  passed = lls > np.median(lls)
+  fitted = reward_training._fit_loglik_weight(rm, mesh, [t for t, _ in seqs],
+                                              [st for _, st in seqs], passed)
+  assert float(fitted.params["head"]["a"]) > 0
+  path = reward_model.save(fitted, tmp_path / "rm")
+  back = reward_model.load(path, mesh)
+  assert back.head == "last+loglik"
+  assert float(back.params["head"]["a"]) == pytest.approx(float(fitted.params["head"]["a"]))
 
 
 def _cli(*args):

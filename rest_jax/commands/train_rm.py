@@ -35,6 +35,9 @@ def add_arguments(parser):
                       help="share of prompts held out for the AUC")
   parser.add_argument("--pass_threshold", type=float, default=0.5,
                       help="a reward at least this counts as a pass (AUC, balancing)")
+  parser.add_argument("--head", default="last+loglik", choices=("last", "last+loglik"),
+                      help="what the scalar head reads: the last hidden state, or that plus the "
+                           "completion's mean log-probability under the backbone's LM head")
   parser.add_argument("--supervise", default="last", choices=("last", "completion"),
                       help="bce/mse on the last token, or on every completion token (a "
                            "token-level verifier); scores are read at the last token")
@@ -69,7 +72,7 @@ def main(args) -> int:
       steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
       warmup_steps=args.warmup_steps, loss=args.loss, seq_len=args.seq_len,
       heldout_fraction=args.heldout_fraction, pass_threshold=args.pass_threshold,
-      balance=not args.no_balance, supervise=args.supervise, seed=args.seed)
+      balance=not args.no_balance, head=args.head, supervise=args.supervise, seed=args.seed)
   try:
     mesh = mesh_lib.create_mesh(_mesh_shape(args.mesh))
   except ValueError as e:
@@ -77,7 +80,8 @@ def main(args) -> int:
   loaded = load_model(args.model, mesh, seed=args.seed, remat=True)
   try:   # rewards/ says what its settings or the examples lack with a ValueError
     rm = reward_model.from_policy(loaded.graphdef, loaded.params, loaded.config,
-                                  loaded.tokenizer, mesh, loss=args.loss, seq_len=args.seq_len)
+                                  loaded.tokenizer, mesh, loss=args.loss, seq_len=args.seq_len,
+                                  head=args.head)
     rm, stats = reward_training.train(rm, examples, mesh, cfg)
   except ValueError as e:
     raise CommandError(str(e)) from e

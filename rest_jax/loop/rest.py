@@ -147,7 +147,7 @@ class ReSTLoop(loop_lib.Loop):
     tcfg = dataclasses.replace(tcfg, seed=tcfg.seed + self.cfg.seed)
     rm0 = reward_model.from_policy(self.model.graphdef, self.base_params, self.model.config,
                                    self.model.tokenizer, self.mesh, loss=tcfg.loss,
-                                   seq_len=tcfg.seq_len)
+                                   seq_len=tcfg.seq_len, head=tcfg.head)
     examples = [reward_training.RMExample(r["prompt"], r["completion"], float(r["reward"]),
                                           str(r["prompt_id"])) for r in rows]
     rm, stats = reward_training.train(rm0, examples, self.mesh, tcfg, name="reward_model",

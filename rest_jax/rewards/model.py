@@ -46,6 +46,13 @@ from rest_jax.tasks import sft as sft_lib
 log = logging.getLogger(__name__)
 
 LOSSES = ("bce", "mse", "pairwise")
+# What the head reads: `last`, the final hidden state at the last token; `last+loglik`, that
+# plus the mean log-probability the backbone's own LM head gives the completion's tokens. A
+# backbone copied from the policy already knows which steps are likely: a completion with a
+# false step (`3 + 4 = 8`) has tokens the policy itself finds improbable. A linear head on one
+# hidden state has to relearn that from a few thousand labels; the log-likelihood hands it over.
+HEADS = ("last", "last+loglik")
+LOGLIK_CHUNK = 256   # positions of output logits at a time (a large vocabulary's [B, L, V])
 
 
 @dataclasses.dataclass
@@ -66,13 +73,24 @@ class RewardModel:
   def seq_len(self) -> int:
     return int(self.meta.get("seq_len") or self.config.max_seq_len)
 
+  @property
+  def head(self) -> str:
+    return self.meta.get("head", "last")
+
+
+def _head_params(embed_dim: int, head: str, make) -> dict:
+  out = {"w": make((embed_dim,)), "b": make(())}
+  if head == "last+loglik":
+    out["a"] = make(())
+  return out
+
 
 def param_shardings(mesh, params: dict) -> dict:
   """Backbone as the policy's params; the head's `w` follows `embed`, its bias replicates."""
-  w = params["head"]["w"]
+  head = params["head"]
   return {"backbone": params_lib.shardings(mesh, params["backbone"]),
-          "head": {"w": mesh_lib.logical_sharding(mesh, ("embed",), w.shape),
-                   "b": mesh_lib.replicated(mesh)}}
+          "head": {k: (mesh_lib.logical_sharding(mesh, ("embed",), v.shape) if k == "w"
+                       else mesh_lib.replicated(mesh)) for k, v in head.items()}}
 
 
 def abstract(mesh, params: dict):
@@ -82,21 +100,23 @@ def abstract(mesh, params: dict):
 
 
 def from_policy(graphdef, backbone_params, config: ModelConfig, tokenizer, mesh, *,
-                loss: str = "bce", seq_len: int = 256) -> RewardModel:
+                loss: str = "bce", seq_len: int = 256, head: str = "last") -> RewardModel:
   """A fresh reward model whose backbone starts as a copy of `backbone_params` (a policy's
   weights: the paper initialises the reward model from the pretrained model) and whose head
   starts at zero (every score 0 before training). The copy matters: training donates its
   buffers and must never free the policy's."""
   if loss not in LOSSES:
     raise ValueError(f"reward model loss {loss!r}: expected one of {LOSSES}")
-  d = config.embed_dim
-  head = {"w": jnp.zeros((d,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
-  params = {"backbone": backbone_params, "head": head}
+  if head not in HEADS:
+    raise ValueError(f"reward model head {head!r}: expected one of {HEADS}")
+  params = {"backbone": backbone_params,
+            "head": _head_params(config.embed_dim, head, lambda s: jnp.zeros(s, jnp.float32))}
   sh = param_shardings(mesh, params)
   with jax.set_mesh(mesh):
     params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sh)(params)
   return RewardModel(config, graphdef, params, tokenizer,
-                     {"loss": loss, "seq_len": int(min(seq_len, config.max_seq_len))})
+                     {"loss": loss, "seq_len": int(min(seq_len, config.max_seq_len)),
+                      "head": head})
 
 
 def raw_scores_per_position(graphdef, params: dict, tokens_BxL):
@@ -108,14 +128,33 @@ def raw_scores_per_position(graphdef, params: dict, tokens_BxL):
   return hidden_BxLxD.astype(jnp.float32) @ head["w"].astype(jnp.float32) + head["b"]
 
 
-def raw_scores(graphdef, params: dict, tokens_BxL, lengths_B):
-  """The head's output [B] (float32) at each row's last real token (index length - 1)."""
+def mean_completion_loglik(model, hidden_BxLxD, tokens_BxL, lengths_B, starts_B):
+  """[B] mean log-probability of each row's completion tokens (index start .. length - 1)
+  under the model's LM head; position p's logits predict token p + 1."""
+  from rest_jax.training.step import chunked_token_nll
+  nll_BxM = chunked_token_nll(model.config, model.output_weights(), hidden_BxLxD[:, :-1],
+                              tokens_BxL[:, 1:], LOGLIK_CHUNK)
+  target_M = jnp.arange(1, tokens_BxL.shape[1])
+  mask_BxM = ((target_M[None] >= jnp.maximum(starts_B, 1)[:, None])
+              & (target_M[None] < lengths_B[:, None])).astype(jnp.float32)
+  return -(nll_BxM * mask_BxM).sum(1) / jnp.maximum(mask_BxM.sum(1), 1.0)
+
+
+def raw_scores(graphdef, params: dict, tokens_BxL, lengths_B, starts_B=None):
+  """The head's output [B] (float32) at each row's last real token (index length - 1); with
+  `last+loglik`, plus `a` times the completion's mean log-probability (`starts_B`: each
+  completion's first token)."""
   model = nnx.merge(graphdef, params["backbone"])
   hidden_BxLxD, _ = model(tokens_BxL, return_hidden=True)
   idx = jnp.clip(lengths_B - 1, 0, tokens_BxL.shape[1] - 1)
   last_BxD = jnp.take_along_axis(hidden_BxLxD, idx[:, None, None], axis=1)[:, 0]
   head = params["head"]
-  return last_BxD.astype(jnp.float32) @ head["w"].astype(jnp.float32) + head["b"]
+  out = last_BxD.astype(jnp.float32) @ head["w"].astype(jnp.float32) + head["b"]
+  if "a" in head:
+    starts_B = jnp.zeros_like(lengths_B) if starts_B is None else starts_B
+    out = out + head["a"] * mean_completion_loglik(model, hidden_BxLxD, tokens_BxL, lengths_B,
+                                                   starts_B)
+  return out
 
 
 def transform(raw, loss: str):
@@ -173,15 +212,21 @@ class RewardScorer:
   def _fn(self, length: int):
     if length not in self._fns:
       rm = self.rm
-      fn = jax.jit(lambda p, t, n: transform(raw_scores(rm.graphdef, p, t, n), rm.loss),
+      fn = jax.jit(lambda p, t, n, s: transform(raw_scores(rm.graphdef, p, t, n, s), rm.loss),
                    in_shardings=(param_shardings(self.mesh, rm.params),
                                  mesh_lib.batch_sharding(self.mesh, 2),
+                                 mesh_lib.batch_sharding(self.mesh, 1),
                                  mesh_lib.batch_sharding(self.mesh, 1)),
                    out_shardings=mesh_lib.batch_sharding(self.mesh, 1))
       self._fns[length] = fn
     return self._fns[length]
 
-  def score_tokens(self, seqs: Sequence[Sequence[int]], desc: str | None = "score") -> np.ndarray:
+  def score_tokens(self, seqs: Sequence[Sequence[int]], desc: str | None = "score",
+                   starts: Sequence[int] | None = None) -> np.ndarray:
+    """Scores of token sequences; `starts[i]`: the first completion token of `seqs[i]` (what
+    a `last+loglik` head averages over; default 0, the whole sequence)."""
+    starts_all = np.zeros((len(seqs),), np.int32) if starts is None else np.asarray(
+        starts, np.int32)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = np.zeros((len(seqs),), np.float32)
     pad = self.rm.tokenizer.pad_id if self.rm.tokenizer.pad_id is not None else 0
@@ -191,8 +236,10 @@ class RewardScorer:
       batch = [seqs[i] for i in idx]
       length = bucket_len(max(len(s) for s in batch), self.rm.seq_len)
       tokens, lengths = pad_batch(batch, length, self.batch_size, pad)
+      starts_b = np.zeros((self.batch_size,), np.int32)
+      starts_b[:len(idx)] = starts_all[idx]
       with jax.set_mesh(self.mesh):
-        scores = self._fn(length)(self.rm.params, tokens, lengths)
+        scores = self._fn(length)(self.rm.params, tokens, lengths, starts_b)
       out[idx] = np.asarray(jax.device_get(scores))[:len(idx)]
       bar.update(len(idx))
     bar.close()
@@ -204,8 +251,9 @@ class RewardScorer:
     if len(prompts) != len(completions):
       raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     tok = self.rm.tokenizer
-    seqs = [encode_pair(tok, p, c, self.rm.seq_len) for p, c in zip(prompts, completions)]
-    return self.score_tokens(seqs, desc)
+    encoded = [encode_pair_with_start(tok, p, c, self.rm.seq_len)
+               for p, c in zip(prompts, completions)]
+    return self.score_tokens([ids for ids, _ in encoded], desc, [st for _, st in encoded])
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -253,8 +301,8 @@ def load(path, mesh) -> RewardModel:
   tokenizer = tokenizers_lib.from_json_dict(meta["tokenizer"])
   graphdef, backbone = params_lib.abstract_params(cfg)
   params = {"backbone": backbone,
-            "head": {"w": jax.ShapeDtypeStruct((cfg.embed_dim,), jnp.float32),
-                     "b": jax.ShapeDtypeStruct((), jnp.float32)}}
+            "head": _head_params(cfg.embed_dim, meta["reward_model"].get("head", "last"),
+                                 lambda s: jax.ShapeDtypeStruct(s, jnp.float32))}
   with ckpt_lib.CheckpointManager(directory) as m:
     try:
       restored = m.restore_params(step, abstract(mesh, params))

@@ -48,6 +48,11 @@ class RewardTrainConfig:
   balance: draw half of each pointwise batch from passed (score >= pass_threshold) and half
     from failed examples when both exist: verifier labels are usually very unbalanced. (With
     `bce`, scores are then pass probabilities under equal priors: fine for ranking.)
+  head: what the scalar head reads (`rewards/model.HEADS`): `last`, the last token's hidden
+    state; `last+loglik` (the default), that plus the completion's mean log-probability under
+    the backbone's own LM head. With `last+loglik`, the weight and bias of the log-likelihood
+    start from a logistic regression of the labels on it (computed once, under the initial
+    backbone), so training starts from what the policy already knows.
   supervise: where a pointwise loss (`bce`, `mse`) applies: `last`, the last token only (what
     is scored); `completion`, every completion token, each predicting the outcome from the
     completion so far (a token-level verifier, Cobbe et al. 2021: one label supervises every
@@ -64,6 +69,7 @@ class RewardTrainConfig:
   heldout_fraction: float = 0.1
   pass_threshold: float = 0.5
   balance: bool = True
+  head: str = "last+loglik"
   supervise: str = "last"
   seed: int = 0
 
@@ -117,7 +123,8 @@ def loss_fn(graphdef, params, batch, loss: str, supervise: str = "last"):
     value_NxL = _pointwise(raw_NxL, batch["targets"][:, None], loss) * mask_NxL
     per_row = value_NxL.sum(1) / jnp.maximum(mask_NxL.sum(1), 1.0)
     return jnp.mean(per_row)
-  raw = rm_lib.raw_scores(graphdef, params, batch["tokens"], batch["lengths"])
+  raw = rm_lib.raw_scores(graphdef, params, batch["tokens"], batch["lengths"],
+                         batch.get("starts"))
   if loss == "bce":
     value = optax.sigmoid_binary_cross_entropy(raw, jnp.clip(batch["targets"], 0.0, 1.0))
   elif loss == "mse":
@@ -198,6 +205,36 @@ class _Batches:
     return {"tokens": tokens, "lengths": lengths, "starts": starts, "targets": targets}
 
 
+def _fit_loglik_weight(rm: rm_lib.RewardModel, mesh, seqs, starts, passed) -> rm_lib.RewardModel:
+  """Sets the head's log-likelihood weight `a` and bias `b` to the logistic regression of the
+  pass labels on the completions' mean log-probability under the current backbone, with both
+  classes weighted equally (as balanced batches see them). Newton's method on two parameters."""
+  probe = dataclasses.replace(rm, params={**rm.params, "head": {
+      **rm.params["head"], "a": jnp.ones((), jnp.float32), "b": jnp.zeros((), jnp.float32),
+      "w": jnp.zeros_like(rm.params["head"]["w"])}}, meta={**rm.meta, "loss": "mse"})
+  x = rm_lib.RewardScorer(probe, mesh).score_tokens(seqs, None, starts).astype(np.float64)
+  y = np.asarray(passed, np.float64)
+  if y.all() or not y.any():
+    return rm
+  weight = np.where(y > 0, 0.5 / y.sum(), 0.5 / (1 - y).sum())
+  mu, sd = x.mean(), x.std() or 1.0
+  z = (x - mu) / sd
+  theta = np.zeros(2)
+  for _ in range(25):
+    p = 1 / (1 + np.exp(-(theta[0] * z + theta[1])))
+    g = np.array([np.sum(weight * (p - y) * z), np.sum(weight * (p - y))])
+    h = weight * p * (1 - p)
+    hess = np.array([[np.sum(h * z * z), np.sum(h * z)], [np.sum(h * z), np.sum(h)]]) + 1e-6
+    theta -= np.linalg.solve(hess, g)
+  a = theta[0] / sd
+  b = theta[1] - a * mu
+  log.info("reward model: log-likelihood weight %.3g, bias %.3g (logistic fit on %d examples)",
+           a, b, len(y))
+  head = {**rm.params["head"], "a": jnp.asarray(a, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
+  sh = rm_lib.param_shardings(mesh, {**rm.params, "head": head})["head"]
+  return dataclasses.replace(rm, params={**rm.params, "head": jax.device_put(head, sh)})
+
+
 def evaluate(scorer: rm_lib.RewardScorer, examples: Sequence[RMExample], pass_threshold: float,
              desc: str | None = None) -> dict:
   """AUC of pass vs fail and mean scores of each class."""
@@ -224,6 +261,10 @@ def train(rm: rm_lib.RewardModel, examples: Sequence[RMExample], mesh,
   if cfg.supervise not in SUPERVISE:
     raise ValueError(f"RewardTrainConfig.supervise={cfg.supervise!r}: expected one of "
                      f"{SUPERVISE}")
+  if rm.head != "last" and cfg.supervise != "last":
+    raise ValueError(f"RewardTrainConfig.supervise={cfg.supervise!r} trains a head on hidden "
+                     f"states alone; the reward model's head is {rm.head!r}: use "
+                     "supervise='last' or head='last'")
   if not examples:
     raise ValueError(f"{name}: no examples to train the reward model on")
   rm = dataclasses.replace(rm, meta={**rm.meta, "loss": cfg.loss,
@@ -254,6 +295,9 @@ def train(rm: rm_lib.RewardModel, examples: Sequence[RMExample], mesh,
     return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p,
                                 opt_state=optimizer.init(p))
 
+  if "a" in rm.params["head"] and cfg.loss != "pairwise":
+    rm = _fit_loglik_weight(rm, mesh, seqs, [st for _, st in encoded],
+                            np.asarray([e.score for e in train_ex]) >= cfg.pass_threshold)
   with jax.set_mesh(mesh):
     # Training donates the state: start from a copy so `rm.params` stay valid.
     state = jax.jit(lambda p: init(jax.tree.map(jnp.copy, p)), in_shardings=(sh.params,),
