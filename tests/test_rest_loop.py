@@ -21,6 +21,8 @@ SMALL = [
     "--gin.LoopConfig.sft_baseline=False",
     "--gin.ImproveConfig.steps=12", "--gin.ImproveConfig.checkpoint_every=4",
     "--gin.ReSTConfig.min_score=None",
+    # Per-prompt quantiles: every step keeps some samples, whatever a 30-step reward model says.
+    "--gin.ReSTConfig.threshold_mode='quantile'", "--gin.ReSTConfig.thresholds=(0.0, 0.5, 0.75)",
     "--gin.RewardTrainConfig.steps=30", "--gin.RewardTrainConfig.batch_size=16",
     "--gin.RewardTrainConfig.heldout_fraction=0.25",
     "--gin.create_mesh.shape=(1, 2, 1)",

@@ -101,6 +101,11 @@ class ReSTLoop(loop_lib.Loop):
                                      f"{rest_schedule.LOSSES}")
     if self.rest.grows < 1 or self.rest.improve_steps < 1:
       raise loop_lib.RunSettingError("ReSTConfig.grows and ReSTConfig.improve_steps must be >= 1")
+    if rewards.needs_reward_model(self.rest.reward) and not self.rest.reward_model:
+      try:   # the reward model is trained after the Grow: refuse a bad setting before it
+        reward_training.check(reward_training.RewardTrainConfig())
+      except ValueError as e:
+        raise loop_lib.RunSettingError(str(e)) from e
     self.source = None        # the reward source, once ready
     self.rm_stats: dict = {}
 

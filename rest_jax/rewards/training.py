@@ -82,6 +82,21 @@ class RMExample:
   group: str  # examples of one prompt share it (pairs, the held-out split)
 
 
+def check(cfg: RewardTrainConfig) -> None:
+  """Raises ValueError naming a setting of `cfg` that cannot work, before any training."""
+  if cfg.loss not in rm_lib.LOSSES:
+    raise ValueError(f"RewardTrainConfig.loss={cfg.loss!r}: expected one of {rm_lib.LOSSES}")
+  if cfg.head not in rm_lib.HEADS:
+    raise ValueError(f"RewardTrainConfig.head={cfg.head!r}: expected one of {rm_lib.HEADS}")
+  if cfg.supervise not in SUPERVISE:
+    raise ValueError(f"RewardTrainConfig.supervise={cfg.supervise!r}: expected one of "
+                     f"{SUPERVISE}")
+  if cfg.head != "last" and cfg.supervise != "last":
+    raise ValueError(f"RewardTrainConfig.supervise={cfg.supervise!r} trains a head on hidden "
+                     f"states alone, and RewardTrainConfig.head={cfg.head!r}: use "
+                     "supervise='last' or head='last'")
+
+
 def heldout_split(examples: Sequence[RMExample], fraction: float, seed: int = 0
                   ) -> tuple[list[int], list[int]]:
   """(train indices, held-out indices), by a hash of the prompt group."""
@@ -256,15 +271,7 @@ def train(rm: rm_lib.RewardModel, examples: Sequence[RMExample], mesh,
           metrics_log=None) -> tuple[rm_lib.RewardModel, dict]:
   """Trains `rm` (its loss and seq_len set from `cfg`) on `examples`; returns (rm, stats)."""
   cfg = cfg or RewardTrainConfig()
-  if cfg.loss not in rm_lib.LOSSES:
-    raise ValueError(f"RewardTrainConfig.loss={cfg.loss!r}: expected one of {rm_lib.LOSSES}")
-  if cfg.supervise not in SUPERVISE:
-    raise ValueError(f"RewardTrainConfig.supervise={cfg.supervise!r}: expected one of "
-                     f"{SUPERVISE}")
-  if rm.head != "last" and cfg.supervise != "last":
-    raise ValueError(f"RewardTrainConfig.supervise={cfg.supervise!r} trains a head on hidden "
-                     f"states alone; the reward model's head is {rm.head!r}: use "
-                     "supervise='last' or head='last'")
+  check(dataclasses.replace(cfg, head=rm.head))
   if not examples:
     raise ValueError(f"{name}: no examples to train the reward model on")
   rm = dataclasses.replace(rm, meta={**rm.meta, "loss": cfg.loss,
