@@ -181,3 +181,45 @@ def test_sample_logprobs_and_tasks_take_gs_paths(gcs, bucket, capsys):
                    "--gin.jsonl_task.num_test=0", "-n", "3"]) == 0
   out = capsys.readouterr().out
   assert "=== t2 ===" in out and "3 problems in split 'train'" in out
+
+
+def test_no_permission_is_one_line_naming_the_path(tmp_path):
+  """A storage endpoint that refuses every request with 403 (as GCS does for an account
+  without access; the emulator has no IAM): one line naming the path, exit 2."""
+  import http.server
+  import os
+  import subprocess
+  import sys
+  import threading
+
+  class Forbidden(http.server.BaseHTTPRequestHandler):
+    def _deny(self):
+      body = json.dumps({"error": {"code": 403, "message": "rest@example.iam does not have "
+                                   "storage.objects.create access"}}).encode()
+      self.send_response(403)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _deny
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{server.server_port}",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-m", "rest_jax.cli", "eval", "--model=nano",
+                          "--greedy", "--output=gs://locked/eval"], capture_output=True,
+                         text=True, env=env, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  finally:
+    server.shutdown()
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = [l for l in out.stderr.splitlines() if l.startswith("rest-jax eval:")]
+  assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert lines[0].startswith("rest-jax eval: gs://locked/eval: cannot write there: permission "
+                             "denied"), lines[0]

@@ -100,12 +100,15 @@ def _storage_failure(e: BaseException) -> BaseException | None:
 def describe(e: BaseException) -> str:
   """A storage failure in a few words, without the libraries' tracebacks and request dumps."""
   failure = _storage_failure(e) or e
-  text = str(failure).strip().splitlines()[0] if str(failure).strip() else ""
+  lines = str(failure).strip().splitlines()
+  text = lines[0] if lines else ""
   if "Cannot connect to host" in text or isinstance(failure, ConnectionError):
     return f"cannot reach the storage endpoint ({text or type(failure).__name__})"
   code = getattr(failure, "code", None)
-  if code == 403 or "403" in text[:80]:
-    return f"permission denied ({text})"
+  # gcsfs raises OSError("Forbidden: URL\nthe server's message") for a 403.
+  if (isinstance(failure, PermissionError) or code == 403 or text.startswith("Forbidden")
+      or "403" in text[:80]):
+    return f"permission denied ({lines[1] if len(lines) > 1 else text})"
   if code == 404 or isinstance(failure, FileNotFoundError):
     return f"no such bucket or object ({text})"
   return text or type(failure).__name__
