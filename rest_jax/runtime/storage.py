@@ -179,13 +179,6 @@ def read_text(path) -> str:
     return path.read_text()
 
 
-def makedirs(path) -> None:
-  """A local directory is made; on a bucket there is nothing to make (a prefix exists once an
-  object is under it)."""
-  if not is_remote(path):
-    epath.Path(path).mkdir(parents=True, exist_ok=True)
-
-
 def upload_tree(local_dir, remote_dir, *, last: tuple[str, ...] = ()) -> None:
   """Copies every file under `local_dir` to `remote_dir`, the names in `last` after all the
   others: a reader that waits for them (config.json) finds a complete directory."""
@@ -197,8 +190,13 @@ def upload_tree(local_dir, remote_dir, *, last: tuple[str, ...] = ()) -> None:
       files.append(rel)
   files.sort(key=lambda rel: (rel in last, rel))
   for rel in files:
-    with open(os.path.join(local_dir, rel), "rb") as f:
-      write_bytes(epath.Path(remote_dir) / rel, f.read())
+    target = epath.Path(remote_dir) / rel
+    with errors(target, "write it"), open(os.path.join(local_dir, rel), "rb") as src, \
+        target.open("wb") as dst:
+      # Streamed (a model's weights need not fit in memory); the object appears whole when
+      # the upload is finalised on close.
+      while chunk := src.read(1 << 24):
+        dst.write(chunk)
 
 
 # ----------------------------------------------------------------------------- local copies
