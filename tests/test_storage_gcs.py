@@ -223,3 +223,29 @@ def test_no_permission_is_one_line_naming_the_path(tmp_path):
   assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
   assert lines[0].startswith("rest-jax eval: gs://locked/eval: cannot write there: permission "
                              "denied"), lines[0]
+
+
+def test_only_storage_failures_become_storage_errors():
+  """`storage.errors` names the path for what a storage library raised; the project's own
+  errors and bugs pass unchanged, and local paths are never rewritten."""
+  from rest_jax.loop.config import RunSettingError
+
+  def through(path, exc):
+    try:
+      with storage.errors(path, "go on"):
+        raise exc
+    except Exception as e:  # noqa: BLE001
+      return e
+
+  wrapped = through("gs://b/w", ConnectionRefusedError("refused"))
+  assert isinstance(wrapped, storage.StorageError)
+  assert str(wrapped) == "gs://b/w: cannot go on: cannot reach the storage endpoint (refused)"
+  plain = OSError("Forbidden: https://x\nno access")
+  assert through("gs://b/w", plain) is plain  # not from a storage library, no gs:// in it
+  assert "permission denied (no access)" in storage.describe(OSError("Forbidden: u\nno access"))
+  own = RunSettingError("LoopConfig.x is bad for gs://b/w")
+  assert through("gs://b/w", own) is own
+  bug = KeyError("x")
+  assert through("gs://b/w", bug) is bug
+  local = ConnectionRefusedError("refused")
+  assert through("/tmp/w", local) is local

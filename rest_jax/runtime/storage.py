@@ -125,7 +125,9 @@ def errors(path, doing: str) -> Iterator[None]:
           NotADirectoryError):
     raise
   except Exception as e:
-    if not is_remote(path) or _storage_failure(e) is None:
+    # The project's own errors (a changed config, bad weights) already say what is wrong.
+    if (not is_remote(path) or type(e).__module__.startswith("rest_jax")
+        or _storage_failure(e) is None):
       raise
     raise StorageError(f"{path}: cannot {doing}: {describe(e)}") from e
 
