@@ -249,3 +249,19 @@ def test_only_storage_failures_become_storage_errors():
   assert through("gs://b/w", bug) is bug
   local = ConnectionRefusedError("refused")
   assert through("/tmp/w", local) is local
+
+
+
+def test_a_403_from_gcsfs_is_one_storage_error():
+  """gcsfs raises a 403 as a plain OSError('Forbidden: URL\\nmessage') from its own code
+  (gcsfs.retry): met inside `storage.errors`, it is one line naming the object."""
+  gcsfs_code = {"__name__": "gcsfs.retry"}
+  exec("def validate_response():\n"   # noqa: S102 - a function that lives in gcsfs's module
+       "    raise OSError('Forbidden: http://127.0.0.1/upload/storage/v1/b/b/o\\n'\n"
+       "                  'rest@example.iam does not have storage.objects.create access')\n",
+       gcsfs_code)
+  with pytest.raises(storage.StorageError) as e:
+    with storage.errors("gs://b/locked/state.json", "write it"):
+      gcsfs_code["validate_response"]()
+  assert str(e.value) == ("gs://b/locked/state.json: cannot write it: permission denied "
+                          "(rest@example.iam does not have storage.objects.create access)")

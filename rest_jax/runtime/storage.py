@@ -91,10 +91,22 @@ def _storage_failure(e: BaseException) -> BaseException | None:
     if module.split(".")[0] in _STORAGE_LIBRARIES or isinstance(e, (ConnectionError,
                                                                     TimeoutError)):
       return e
+    if isinstance(e, OSError) and _raised_in_storage_library(e):
+      return e   # gcsfs raises plain OSError("Forbidden: ...") and the like
     if "gs://" in str(e) and isinstance(e, (OSError, ValueError, RuntimeError)):
       return e   # orbax and tensorstore re-raise with the object's URL in the message
     e = e.__cause__ or e.__context__
   return None
+
+
+def _raised_in_storage_library(e: BaseException) -> bool:
+  tb = e.__traceback__
+  while tb is not None:
+    name = tb.tb_frame.f_globals.get("__name__") or ""
+    if name.split(".")[0] in _STORAGE_LIBRARIES:
+      return True
+    tb = tb.tb_next
+  return False
 
 
 def describe(e: BaseException) -> str:
