@@ -376,7 +376,7 @@ def load_model(spec: str, mesh=None, *, dtype: str = "float32", seed: int = 0,
     raise WeightsError(f"{spec}: not a GGUF file (and not a directory); --model takes a preset "
                        f"({', '.join(sorted(PRESETS))}), a .gguf, a Hugging Face directory or "
                        "an orbax checkpoint")
-  if os.path.isdir(spec) or spec.startswith("gs://"):
+  if os.path.isdir(spec):   # (gs:// was handled above)
     if os.path.exists(os.path.join(spec, "config.json")):
       return load_hf(spec, mesh, dtype=dtype, remat=remat, **rt)
     if _checkpoint_step_dir(spec) is not None:

@@ -82,6 +82,9 @@ class RMExample:
   group: str  # examples of one prompt share it (pairs, the held-out split)
 
 
+SUPERVISE = ("last", "completion")
+
+
 def check(cfg: RewardTrainConfig) -> None:
   """Raises ValueError naming a setting of `cfg` that cannot work, before any training."""
   if cfg.loss not in rm_lib.LOSSES:
@@ -116,9 +119,6 @@ def _state_shardings(mesh, params, optimizer) -> state_lib.TrainState:
       transform_non_params=lambda _: mesh_lib.replicated(mesh),
       is_leaf=lambda x: isinstance(x, nnx.Variable))
   return state_lib.TrainState(step=mesh_lib.replicated(mesh), params=param_sh, opt_state=opt_sh)
-
-
-SUPERVISE = ("last", "completion")
 
 
 def _pointwise(raw, targets, loss: str):
