@@ -3,6 +3,9 @@
 import dataclasses
 import io
 import json
+import pathlib
+import subprocess
+import sys
 
 import gin
 import pytest
@@ -129,3 +132,13 @@ def test_cli_shows_formatted_prompts():
   out, err = io.StringIO(), io.StringIO()
   assert cli.show_task_main("nope", out=out, err=err) == 2 and out.getvalue() == ""
   assert err.getvalue().startswith("rest-jax tasks show: unknown task 'nope'")
+
+
+def test_cli_names_a_task_setting_it_cannot_meet_in_one_line():
+  # A task knob the generator cannot satisfy is the user's setting, not a bug: one line, exit 2.
+  r = subprocess.run([str(pathlib.Path(sys.executable).parent / "rest-jax"), "tasks", "show", "programs", "-n", "1",
+                      "--gin.programs_task.steps=1", "--gin.programs_task.num_train=300"],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.startswith("rest-jax tasks show: programs: only "), r.stderr
+  assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -49,12 +49,12 @@ _CLAUSES = {
 
 def _check_knobs(digits: int, steps: int, ops: str):
   if digits not in (1, 2, 3, 4):
-    raise ValueError(f"arithmetic: digits must be 1, 2, 3 or 4, got {digits!r}")
+    raise base.TaskDataError(f"arithmetic: digits must be 1, 2, 3 or 4, got {digits!r}")
   if not isinstance(steps, int) or not 1 <= steps <= 8:
-    raise ValueError(f"arithmetic: steps must be an int in [1, 8], got {steps!r}")
+    raise base.TaskDataError(f"arithmetic: steps must be an int in [1, 8], got {steps!r}")
   if not ops or set(ops) - set(OPS) or "+" not in ops:
     # "+" keeps a subtraction from 0 possible to avoid (see _draw).
-    raise ValueError(f"arithmetic: ops must be a string of {OPS!r} containing '+', got {ops!r}")
+    raise base.TaskDataError(f"arithmetic: ops must be a string of {OPS!r} containing '+', got {ops!r}")
 
 
 def _draw(rng: random.Random, digits: int, steps: int, ops: str):
@@ -176,9 +176,9 @@ def arithmetic_task(*,
   """
   _check_knobs(digits, steps, ops)
   if wording not in WORDINGS:
-    raise ValueError(f"arithmetic: wording must be one of {WORDINGS}, got {wording!r}")
+    raise base.TaskDataError(f"arithmetic: wording must be one of {WORDINGS}, got {wording!r}")
   if num_train < 0 or num_test < 0:
-    raise ValueError(f"arithmetic: num_train and num_test must be >= 0, got {num_train}, "
+    raise base.TaskDataError(f"arithmetic: num_train and num_test must be >= 0, got {num_train}, "
                      f"{num_test}")
   cache = {}
 

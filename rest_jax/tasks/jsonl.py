@@ -166,15 +166,15 @@ def jsonl_task(*,
     fewshot_path: a JSONL file of exemplars (same format, with "solution"), for num_shots > 0.
   """
   if path is not None and (train_path is not None or test_path is not None):
-    raise ValueError("jsonl task: give either path= (split by fraction) or train_path=/test_path="
+    raise base.TaskDataError("jsonl task: give either path= (split by fraction) or train_path=/test_path="
                      " (split by files), not both")
   if path is None and train_path is None and test_path is None:
-    raise ValueError("jsonl task: no problems file; set jsonl_task.path (or train_path/test_path)")
+    raise base.TaskDataError("jsonl task: no problems file; set jsonl_task.path (or train_path/test_path)")
   if path is not None:
     if (test_fraction is None) == (num_test is None):
-      raise ValueError("jsonl task with one file: set exactly one of test_fraction or num_test")
+      raise base.TaskDataError("jsonl task with one file: set exactly one of test_fraction or num_test")
     if test_fraction is not None and not 0.0 <= test_fraction <= 1.0:
-      raise ValueError(f"jsonl task: test_fraction must be in [0, 1], got {test_fraction}")
+      raise base.TaskDataError(f"jsonl task: test_fraction must be in [0, 1], got {test_fraction}")
     kind, all_rows = read_problems(path)
     n_test = num_test if num_test is not None else round(test_fraction * len(all_rows))
     idx = base.hash_split([r.id for r in all_rows], n_test, salt=f"jsonl:{seed}")
@@ -182,7 +182,7 @@ def jsonl_task(*,
     source = f"{path} (split by hash, seed {seed})"
   else:
     if test_fraction is not None or num_test is not None:
-      raise ValueError("jsonl task: test_fraction/num_test split one file (path=); with "
+      raise base.TaskDataError("jsonl task: test_fraction/num_test split one file (path=); with "
                        "train_path/test_path the files are the splits")
     split_rows, kinds = {}, {}
     for split, p in ((base.TRAIN, train_path), (base.TEST, test_path)):
@@ -220,7 +220,7 @@ def register_jsonl_task(task_name: str, **kwargs) -> None:
   """
   taken = base.task_description(task_name)
   if task_name in base.task_names() and not taken.startswith(_USER_PREFIX):
-    raise ValueError(f"task name {task_name!r} is taken by a built-in task ({taken})")
+    raise base.TaskDataError(f"task name {task_name!r} is taken by a built-in task ({taken})")
 
   def factory(**overrides):
     return jsonl_task(**{"task_name": task_name, **kwargs, **overrides})

@@ -139,7 +139,7 @@ def _steps_range(steps) -> tuple[int, int]:
   if (isinstance(steps, (tuple, list)) and len(steps) == 2 and all(map(ok_int, steps))
       and steps[0] <= steps[1]):
     return steps[0], steps[1]
-  raise ValueError(f"programs: steps must be an int in [1, {MAX_STEPS}] or a (min, max) pair "
+  raise base.TaskDataError(f"programs: steps must be an int in [1, {MAX_STEPS}] or a (min, max) pair "
                    f"of them with min <= max, got {steps!r}")
 
 
@@ -149,7 +149,7 @@ def _choices(knob: str, value, allowed: tuple[str, ...]) -> tuple[str, ...]:
     value = (value,)
   if (not isinstance(value, (tuple, list)) or not value or len(set(value)) != len(value)
       or not all(isinstance(v, str) and v in allowed for v in value)):
-    raise ValueError(f"programs: {knob} must be a non-empty tuple of distinct names from "
+    raise base.TaskDataError(f"programs: {knob} must be a non-empty tuple of distinct names from "
                      f"{allowed}, got {value!r}")
   return tuple(value)
 
@@ -160,7 +160,7 @@ def _check_knobs(steps, kinds, formats, num_tests):
   formats = _choices("formats", formats, FORMATS)
   if isinstance(num_tests, bool) or not isinstance(num_tests, int) or not 2 <= num_tests <= 20:
     # Two at least: the tests must tell a constant program from a right one.
-    raise ValueError(f"programs: num_tests must be an int in [2, 20], got {num_tests!r}")
+    raise base.TaskDataError(f"programs: num_tests must be an int in [2, 20], got {num_tests!r}")
   return lo_hi, kinds, formats
 
 
@@ -307,7 +307,7 @@ def generate(*, steps=2, kinds=KINDS, formats=FORMATS, num_tests: int = 4, seed:
   k = 0
   while any(len(out[s]) < want[s] for s in out):
     if k >= max_candidates:
-      raise ValueError(
+      raise base.TaskDataError(
           f"programs: only {len(out[base.TRAIN])} train / {len(out[base.TEST])} test distinct "
           f"problems found in {k} candidates for steps={steps!r}, kinds={kinds}, "
           f"formats={formats}; ask for fewer problems or more steps or kinds")
@@ -345,7 +345,7 @@ def programs_task(*,
   (lo, hi), kinds, formats = _check_knobs(steps, kinds, formats, num_tests)
   for name, value in (("num_train", num_train), ("num_test", num_test)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-      raise ValueError(f"programs: {name} must be an int >= 0, got {value!r}")
+      raise base.TaskDataError(f"programs: {name} must be an int >= 0, got {value!r}")
   cache = {}
 
   def load_split(split):
