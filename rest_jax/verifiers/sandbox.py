@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+import gin
+
 logger = logging.getLogger(__name__)
 
 _SERVER_SOURCE = (pathlib.Path(__file__).parent / "_sandbox_server.py").read_bytes()
@@ -71,6 +73,9 @@ class SandboxOutputLimit(SandboxError):
   pass
 
 
+# gin-configurable so a run can tighten limits for its task (`SandboxConfig.deadline_s = 4.0`:
+# short programs, where a sample stuck in a loop would otherwise hold a worker for 10 s).
+@gin.configurable(module="rest_jax.verifiers")
 @dataclasses.dataclass(frozen=True)
 class SandboxConfig:
   """Limits of one sandboxed run. `deadline_s` is wall-clock, from start to last reply."""
