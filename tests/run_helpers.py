@@ -87,6 +87,10 @@ def read_json(workdir, name):
   return json.loads((epath.Path(workdir) / name).read_text())
 
 
+def read_jsonl(workdir, name) -> list:
+  return [json.loads(line) for line in (epath.Path(workdir) / name).read_text().splitlines()]
+
+
 def metrics(workdir, stage) -> dict:
   """<stage>/metrics.json without its timings."""
   m = read_json(workdir, f"{stage}/metrics.json")

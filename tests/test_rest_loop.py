@@ -83,6 +83,13 @@ def test_thresholds_rise_and_kept_set_shrinks(uninterrupted):
       json.loads, (epath.Path(uninterrupted) / s / "kept.jsonl").read_text().splitlines())}
       for s in STEPS]
   assert sets[0] >= sets[1] >= sets[2]
+  # The Grow dataset holds the human solutions too (sample_idx K = 4, after the samples),
+  # counted apart from the policy's 4 x 32 samples.
+  assert all(c["samples"] == 128 and c["human"] > 0 for c in counts), counts
+  human = [(p, i) for p, i in sets[0] if i == 4]
+  assert len(human) == counts[0]["kept_human"] > 0
+  scored = rh.read_jsonl(uninterrupted, "grow_001/scores.jsonl")
+  assert len(scored) == 128 + counts[0]["human"]
   # Warm start: step 2 trains from step 1's policy, so the params differ from step 1's.
   a = rh.checkpoint_params(uninterrupted, "iter_001")
   b = rh.checkpoint_params(uninterrupted, "iter_002")

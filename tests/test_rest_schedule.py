@@ -64,6 +64,25 @@ def test_dedupe_and_cap_keep_the_highest_scores():
   assert counts["duplicates"] == 1 and counts["capped"] == 1
 
 
+def test_human_solutions_compete_for_places_but_are_counted_apart():
+  # The Grow dataset D_g = samples ∪ D: a human solution is kept when it scores high enough,
+  # takes a place under the cap, and leaves the samples' counts and accuracy alone.
+  rows = [{"prompt_id": "p", "sample_idx": j, "completion": f"s{j}", "reward": float(j == 0)}
+          for j in range(3)]
+  rows.append({"prompt_id": "p", "sample_idx": 3, "completion": "h", "reward": 1.0,
+               "human": True})
+  kept, counts = rest_schedule.select(rows, [0.9, 0.6, 0.2, 0.8], value=0.5, mode="absolute",
+                                      max_per_prompt=2)
+  assert [k["sample_idx"] for k in kept] == [0, 3]      # 0.9 and the human 0.8; 0.6 capped
+  assert counts["samples"] == 3 and counts["passed"] == 1
+  assert counts["human"] == 1 and counts["kept_human"] == 1 and counts["kept"] == 2
+  assert counts["kept_verifier_accuracy"] == 1.0        # sample 0 alone, not the human one
+  kept, counts = rest_schedule.select(rows, [0.9, 0.6, 0.2, 0.3], value=0.5, mode="absolute")
+  assert counts["kept_human"] == 0 and counts["kept_verifier_accuracy"] == 0.5
+  _, counts = rest_schedule.select(rows[:3], [0.9, 0.6, 0.2], value=0.5, mode="absolute")
+  assert "human" not in counts and "kept_human" not in counts
+
+
 def test_bad_schedules_are_refused():
   with pytest.raises(ValueError, match="must not decrease"):
     rest_schedule.check_schedule((0.5, 0.2), "absolute", 2)

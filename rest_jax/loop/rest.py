@@ -51,12 +51,20 @@ class ReSTConfig:
   thresholds: one per Improve step, non-decreasing: scores (`absolute`) or per-prompt
     quantiles of the Grow's scores (`quantile`).
   min_score: a floor under every threshold (None: none).
+  dedupe: drop a prompt's repeated completions before the `max_per_prompt` cap. Off by
+    default: with a learned reward, a completion the policy repeats is more often right (its
+    correct work agrees, its errors differ), so de-duplicating leaves the kept set mostly
+    wrong work (RESULTS.md: 42% against 65% verifier-correct at the same threshold).
   loss: 'bc' (behaviour cloning on the kept samples) or 'reward_weighted'.
   reward: 'reward_model', 'verifier', or a graded score 'package.module:function', called as
     function(problem, completion) -> float (see rewards/sources.py; built in:
     'rest_jax.rewards.graded:fraction_of_tests_passed' for code tasks).
   reward_model: a reward model checkpoint (`rest-jax train-rm`); None trains one on Grow 1's
     verifier labels (`RewardTrainConfig` sets its budget).
+  include_human: the Grow dataset also holds the human solutions of the training prompts
+    (`LoopConfig.num_human_solutions` of them), scored and filtered like the samples: the
+    paper's D_g = samples ∪ D (Gulcehre et al. 2023, Algorithm 1). The reward model is
+    trained on the samples alone; kept-set counts give the samples' verifier accuracy.
   best_of_n: evaluate best-of-k by the reward (k in LoopConfig.eval_ks) on the held-out
     samples, beside pass@k and maj@k.
   """
@@ -66,9 +74,11 @@ class ReSTConfig:
   thresholds: tuple[float, ...] = (0.0, 0.5, 0.75)
   threshold_mode: str = "quantile"
   min_score: float | None = None
+  dedupe: bool = False
   loss: str = "bc"
   reward: str = "reward_model"
   reward_model: str | None = None
+  include_human: bool = True
   best_of_n: bool = True
   score_batch_size: int = 64
 
@@ -191,6 +201,13 @@ class ReSTLoop(loop_lib.Loop):
     self._mark(f"{stage}/generate")
     return rows
 
+  def _human_rows(self) -> list[dict]:
+    """The training prompts' human solutions as Grow rows, `human` set; sample_idx K follows
+    the prompt's K samples (0..K-1)."""
+    return [{"prompt_id": p.id, "sample_idx": self.cfg.num_samples, "prompt": p.prompt,
+             "completion": p.solution, "reward": 1.0, "human": True}
+            for p in self._human_problems()]
+
   def _scores(self, g: int, rows) -> list[float]:
     """The reward source's score of every Grow sample (in `rows` order), kept on disk."""
     stage = f"grow_{g:03d}"
@@ -203,9 +220,14 @@ class ReSTLoop(loop_lib.Loop):
     if self.is_writer:
       workdir_lib.write_jsonl(path, [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"],
                                       "score": s} for r, s in zip(rows, scores)])
-      labels = [float(r["reward"]) >= 1.0 for r in rows]
-      summary = {"source": self.source.name, "mean_score": float(np.mean(scores)),
-                 "auc_vs_verifier": rm_metrics.roc_auc(scores, labels)}
+      own = [(s, float(r["reward"]) >= 1.0) for r, s in zip(rows, scores) if not r.get("human")]
+      summary = {"source": self.source.name, "mean_score": float(np.mean([s for s, _ in own])),
+                 "auc_vs_verifier": rm_metrics.roc_auc([s for s, _ in own],
+                                                       [y for _, y in own])}
+      human = [s for r, s in zip(rows, scores) if r.get("human")]
+      if human:
+        summary["human_solutions"] = len(human)
+        summary["human_mean_score"] = float(np.mean(human))
       cpath = self.wd.root / stage / "counts.json"
       recorded = workdir_lib.read_json(cpath)
       recorded["scores"] = summary
@@ -224,7 +246,7 @@ class ReSTLoop(loop_lib.Loop):
     value = self.thresholds[s - 1]
     if not self.state.is_done(f"{stage}/filter"):
       kept, counts = rest_schedule.select(rows, scores, value=value, mode=r.threshold_mode,
-                                          min_score=r.min_score,
+                                          min_score=r.min_score, dedupe=r.dedupe,
                                           max_per_prompt=c.max_per_prompt)
       counts.update({"grow": g, "improve_step": s, "threshold": value,
                      "threshold_mode": r.threshold_mode, "reward": self.source.name})
@@ -311,6 +333,7 @@ class ReSTLoop(loop_lib.Loop):
       if self._prepare_source(rows) and g == 1:
         for stage in self._before_stages():  # the reward now exists: best-of-N of the baselines
           self._best_of_n(stage)
+      rows = rows + (self._human_rows() if r.include_human else [])
       scores = self._scores(g, rows)
       for s in range(1, r.improve_steps + 1):
         t = (g - 1) * r.improve_steps + s
@@ -361,8 +384,10 @@ class ReSTLoop(loop_lib.Loop):
       lines.append(f"Reward model: {self.rm_stats.get('source', '')}; held-out AUC (pass vs "
                    f"fail) {'–' if auc is None else f'{auc:.3f}'} on "
                    f"{self.rm_stats.get('heldout_examples', '–')} samples of unseen prompts.")
-    lines += ["", "Scores are the reward's; verifier accuracy is the real verifier's. A reward "
-              "score that rises while verifier accuracy does not is reward hacking.", ""]
+    lines += ["", "Scores are the reward's; verifier accuracy is the real verifier's (of the "
+              "kept samples; human solutions, when the Grow dataset holds them, are counted "
+              "apart). A reward score that rises while verifier accuracy does not is reward "
+              "hacking.", ""]
     head = (["stage", "grow", "step", "threshold", "kept", "kept: mean score",
              "kept: verifier acc.", "held-out: mean score", "held-out: AUC",
              "held-out pass@1 (verifier)"] + [f"held-out best-of-{k} (reward)" for k in ks]
@@ -385,7 +410,9 @@ class ReSTLoop(loop_lib.Loop):
         thr = f"{cn['threshold']:g}" + (f" (mean {cn['threshold_mean']:.3f})"
                                         if cn.get("threshold_mode") == "quantile" else "")
       cells = [row["stage"], str(cn.get("grow", "–")), str(cn.get("improve_step", "–")), thr,
-               str(cn.get("kept", "–")), num(cn.get("kept_mean_score")),
+               str(cn.get("kept", "–")) + (f" ({cn['kept_human']} human)"
+                                            if cn.get("kept_human") is not None else ""),
+               num(cn.get("kept_mean_score")),
                pct(cn.get("kept_verifier_accuracy")), num(rw.get("heldout_mean_score")),
                num(rw.get("heldout_auc")), pct(held.get("pass@1"))]
       cells += [pct(held.get(f"rm_best_of_{k}")) for k in ks]

@@ -10,7 +10,8 @@ tau_1 <= ... <= tau_I, so each step trains on a subset of the previous one (Gulc
   samples instead of none.
 
 `min_score` adds a floor (quantile mode keeps a prompt's best samples even if all are bad).
-Kept samples are de-duplicated and capped at `max_per_prompt` per prompt, highest score first.
+Kept samples are (optionally) de-duplicated and capped at `max_per_prompt` per prompt, highest
+score first.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def select(rows: Sequence[Mapping], scores: Sequence[float], *, value: float, mo
 
   Counts include the verifier accuracy of the kept set (`kept_verifier_accuracy`, from each
   row's `reward`) beside its mean score: if a learned reward drifts from the verifier, the
-  two part ways.
+  two part ways. Rows marked `human` (human solutions in the Grow dataset) compete for the
+  same places but are counted apart (`human`, `kept_human`): the sample counts and the
+  kept set's verifier accuracy are the policy's samples' alone.
   """
   if len(rows) != len(scores):
     raise ValueError(f"{len(rows)} samples but {len(scores)} scores")
@@ -89,16 +92,21 @@ def select(rows: Sequence[Mapping], scores: Sequence[float], *, value: float, mo
       seen.add(key)
       n += 1
       kept.append({**rows[i], "score": float(scores[i]), "threshold": taus[pid]})
-  passed = [float(r["reward"]) >= pass_threshold for r in rows]
-  counts = {"samples": len(rows), "prompts": len(by_prompt), "above_threshold": above,
+  own = [r for r in rows if not r.get("human")]
+  own_kept = [k for k in kept if not k.get("human")]
+  passed = [float(r["reward"]) >= pass_threshold for r in own]
+  counts = {"samples": len(own), "prompts": len(by_prompt), "above_threshold": above,
             "duplicates": duplicates, "capped": capped, "kept": len(kept),
             "prompts_kept": len({k["prompt_id"] for k in kept}),
             "passed": int(sum(passed)),
-            "prompts_solved": len({str(r["prompt_id"]) for r, p in zip(rows, passed) if p}),
+            "prompts_solved": len({str(r["prompt_id"]) for r, p in zip(own, passed) if p}),
             "threshold_mean": float(np.mean(list(taus.values()))) if taus else None,
             "kept_mean_score": float(np.mean([k["score"] for k in kept])) if kept else None,
             "kept_verifier_accuracy": float(np.mean([float(k["reward"]) >= pass_threshold
-                                                     for k in kept])) if kept else None}
+                                                     for k in own_kept])) if own_kept else None}
+  if len(own) < len(rows):
+    counts["human"] = len(rows) - len(own)
+    counts["kept_human"] = len(kept) - len(own_kept)
   return kept, counts
 
 
