@@ -87,3 +87,20 @@ def test_run_verify(tmp_path):
   no_task = io.StringIO()
   run_verify(str(path), no_task, workers=1, sandbox=SandboxConfig(deadline_s=0.5))
   assert "no task was given" in json.loads(no_task.getvalue().splitlines()[5])["reason"]
+
+
+def test_a_gin_bound_sandbox_deadline_reaches_the_pool_and_its_workers():
+  # A run sets `SandboxConfig.deadline_s` in gin; the pool the loop builds with no arguments
+  # takes it, and the workers get it with the options line (no gin there).
+  import gin
+  from rest_jax.verifiers.worker import CheckOptions
+  gin.parse_config("rest_jax.verifiers.SandboxConfig.deadline_s = 2.5")
+  try:
+    pool = VerifierPool(1)
+    assert pool.options.sandbox.deadline_s == 2.5
+    assert pool.hard_deadline_s({"tests": {}}) == 2.5 + pool.grace_s + 0.5
+    sent = CheckOptions.from_json(json.loads(pool._options_line))
+    assert sent.sandbox.deadline_s == 2.5
+  finally:
+    gin.clear_config()
+  assert VerifierPool(1).options.sandbox.deadline_s == 10.0
