@@ -114,12 +114,14 @@ def test_every_binding_of_a_shipped_run_is_read(path, offline):
   from rest_jax.tokenizers import ByteTokenizer
   from rest_jax.training import step as training
   from rest_jax.training.improve import ImproveConfig
+  from rest_jax.verifiers import SandboxConfig
   task = "humaneval" if "code" in os.path.basename(path) else "gsm8k"
   gin_flags.import_configurables()
   gin_flags.parse([path], [*MACROS, f"TASK='{task}'"])
   bound = _bindings(gin.config_str())
   loop = LoopConfig(workdir="unused")
   ImproveConfig()
+  SandboxConfig()   # as the loop's VerifierPool() makes it
   mesh = mesh_lib.create_mesh()
   scopes = {b.split("/")[0] for b in bound if "/" in b.split(".")[0]}
   for scope in [None, *scopes]:
